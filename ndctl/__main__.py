@@ -1,0 +1,3 @@
+from ndctl.cli.main import run
+
+run()

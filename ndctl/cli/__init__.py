@@ -1,0 +1,1 @@
+"""The ``ndctl`` command line (Typer): thin, over ``ndctl.api`` and ``ndctl.ops``."""

@@ -1,0 +1,66 @@
+"""``ndctl exec``: run a shell command on every selected host at once."""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from ndctl.api import Fleet
+from ndctl.cli import output
+from ndctl.cli.output import Output
+from ndctl.core.errors import UsageError
+
+
+def exec_command(
+    command: List[str] = typer.Argument(..., help="The command (after --). One word is a shell line."),
+    selector: Optional[str] = typer.Option(None, "--tags", "-t", help="Host selector (default: every host)."),
+    group: bool = typer.Option(False, "--group", "-g", help="Print output grouped per host, not streamed."),
+    fmt: Output = typer.Option(Output.table, "--output", "-o", help="table (streamed text) or json/yaml."),
+    forks: Optional[int] = typer.Option(None, "--forks", "-f", min=1, help="Hosts at once (default 100)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, help="Per-host command timeout, seconds."),
+) -> None:
+    """Run a shell command on the selected hosts; exit 0 only if it succeeded everywhere.
+
+    Exit statuses: 0 all ok, 3 failed on some host, 4 some host unreachable,
+    5 the selector matched no host, 2 usage error.
+    """
+    from ndctl.cli.main import state
+
+    if not command:
+        raise UsageError("no command given: ndctl exec [--tags SELECTOR] -- COMMAND")
+    fleet = Fleet(state.inventory, selector=selector, forks=forks)
+    if len(fleet) == 0:
+        from ndctl.core.errors import NoHostsMatched
+        raise NoHostsMatched(selector or "*")
+    streaming = fmt is Output.table and not group
+    width = max(len(h.name) for h in fleet.hosts)
+    colors = ["cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta", "bright_green"]
+    color_of = {h.name: colors[i % len(colors)] for i, h in enumerate(fleet.hosts)}
+    use_color = sys.stdout.isatty()
+
+    def on_output(host: str, stream: str, line: str) -> None:
+        prefix = f"{host:<{width}} | "
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        if use_color and target is sys.stdout:
+            output.stdout.print(f"[{color_of[host]}]{prefix}[/]", end="", markup=True)
+            output.stdout.out(line, highlight=False)
+        else:
+            target.write(prefix + line + "\n")
+            target.flush()
+
+    result = fleet.exec(command, on_output=on_output if streaming else None, timeout=timeout)
+    if fmt in (Output.json, Output.yaml):
+        output.emit_data(result.to_dict(), fmt)
+    else:
+        if group:
+            for r in result:
+                output.stdout.rule(f"{r.host} [{r.status.value}{'' if r.exit_code is None else f', exit {r.exit_code}'}]")
+                if r.stdout:
+                    sys.stdout.write(r.stdout if r.stdout.endswith("\n") else r.stdout + "\n")
+                if r.stderr:
+                    sys.stderr.write(r.stderr if r.stderr.endswith("\n") else r.stderr + "\n")
+            sys.stdout.flush()
+        output.summary(result)
+    if not result.ok:
+        raise typer.Exit(int(result.exit_status()))

@@ -1,0 +1,1 @@
+"""Async operations: pure builders and parsers composed with the transport."""
