@@ -32,11 +32,14 @@ _RUN = _PREAMBLE + (
 # dropped connection must never leave a truncated helper under a valid name.
 _VERIFY = ("import hashlib,sys; d=hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest(); "
            "sys.exit(0 if d.startswith(sys.argv[2]) else 1)")
+# Reads exactly $size bytes rather than waiting for EOF on stdin, so the same
+# channel could carry more, and a peer that never sends EOF cannot hang it.
 _UPLOAD = _PREAMBLE + (
-    'd="$dir"; if ! { mkdir -p -m 0755 "$d" 2>/dev/null && [ -w "$d" ]; }; then '
+    'size="$1"; shift; d="$dir"; if ! { mkdir -p -m 0755 "$d" 2>/dev/null && [ -w "$d" ]; }; then '
     'd="$HOME/.nextdeploy"; mkdir -p -m 0700 "$d" || exit 198; fi; '
     'f="$d/helper-$hash.py"; t="$f.$$.tmp"; '
-    'if ! { cat > "$t" && python3 -c "$0" "$t" "$hash" && chmod 0644 "$t" && mv -f "$t" "$f"; }; then rm -f "$t"; '
+    'if ! { head -c "$size" > "$t" && python3 -c "$0" "$t" "$hash" && chmod 0644 "$t" && mv -f "$t" "$f"; }; '
+    'then rm -f "$t"; '
     "echo \"ndctl: uploading the helper to $d failed (short or corrupt upload)\" >&2; exit 198; fi; "
     'exec python3 "$f" "$@"'
 )
@@ -46,8 +49,9 @@ def run_argv(helper_dir: str, helper_hash: str, args: Sequence[str]) -> list[str
     return ["sh", "-c", _RUN, "ndctl-helper", helper_dir, helper_hash, *args]
 
 
-def upload_argv(helper_dir: str, helper_hash: str, args: Sequence[str]) -> list[str]:
-    return ["sh", "-c", _UPLOAD, _VERIFY, helper_dir, helper_hash, *args]
+def upload_argv(helper_dir: str, helper_hash: str, size: int, args: Sequence[str]) -> list[str]:
+    """Install the helper from stdin (``size`` bytes), verify its hash, then run it."""
+    return ["sh", "-c", _UPLOAD, _VERIFY, helper_dir, helper_hash, str(size), *args]
 
 
 def purge_argv(helper_dir: str) -> list[str]:

@@ -20,7 +20,7 @@ async def run_helper(runner: Runner, host: Host, args: Sequence[str], *, helper_
                          timeout=timeout)
     if r.exit_code == MISSING:
         first = r.duration
-        r = await runner.run(host, with_sudo(upload_argv(helper_dir, digest, args), sudo=host.sudo, user=host.user),
+        r = await runner.run(host, with_sudo(upload_argv(helper_dir, digest, len(helper_source()), args), sudo=host.sudo, user=host.user),
                              input=helper_source(), timeout=timeout)
         r.duration += first
     if r.status is Status.UNREACHABLE:

@@ -215,9 +215,7 @@ class Runner:
                         username=host.user,
                         client_keys=self._client_keys(host),
                         known_hosts=(trusted, [], []),
-                        # With keys known, asyncssh asks for their algorithms; for a new host prefer
-                        # ed25519, the key secrets are encrypted to.
-                        server_host_key_algs=() if trusted else _NEW_HOST_KEY_ALGS,
+                        server_host_key_algs=_host_key_algs(trusted),
                         client_factory=lambda: _Client(record, accept),
                         config=[],
                         connect_timeout=self.opts.connect_timeout,
@@ -366,6 +364,23 @@ class Runner:
                                       error=str(e), exit_status=e.exit_status)
 
         return GroupResult(list(await asyncio.gather(*(one(h) for h in hosts))))
+
+
+def _host_key_algs(trusted: list[asyncssh.SSHKey]) -> list[str]:
+    """Algorithms of the pinned keys first, then the rest, ed25519 first.
+
+    Offering only the pinned key's algorithm (asyncssh's default) turns a
+    host whose key type changed into a bare negotiation failure; offering all
+    of them lets the handshake finish and the pin check name both keys. For a
+    new host, ed25519 comes first because secrets are encrypted to that key.
+    """
+    algs: list[str] = []
+    for key in trusted:
+        for a in key.sig_algorithms:
+            name = a.decode() if isinstance(a, bytes) else a
+            if name not in algs:
+                algs.append(name)
+    return algs + [a for a in _NEW_HOST_KEY_ALGS if a not in algs]
 
 
 def _unreachable(host: Host, e: NdctlError, started: float) -> HostResult:

@@ -40,8 +40,9 @@ def test_helper_run_argv_passes_values_as_positional_parameters() -> None:
 
 
 def test_helper_upload_argv() -> None:
-    argv = helper.upload_argv("/opt/x", "h", ["metrics", "--interval", "0.5"])
-    assert argv[4:] == ["/opt/x", "h", "metrics", "--interval", "0.5"]
+    argv = helper.upload_argv("/opt/x", "h", 1234, ["metrics", "--interval", "0.5"])
+    assert argv[4:] == ["/opt/x", "h", "1234", "metrics", "--interval", "0.5"]
+    assert 'head -c "$size"' in argv[2]
     assert "hashlib.sha256" in argv[3]  # $0: the verifier run before the file is moved into place
     assert 'mv -f "$t" "$f"' in argv[2]
 
