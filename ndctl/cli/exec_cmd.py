@@ -55,7 +55,8 @@ def exec_command(
     else:
         if group:
             for r in result:
-                output.stdout.rule(f"{r.host} [{r.status.value}{'' if r.exit_code is None else f', exit {r.exit_code}'}]")
+                code = "" if r.exit_code is None else f", exit {r.exit_code}"
+                sys.stdout.write(f"--- {r.host} ({r.status.value}{code})\n")
                 if r.stdout:
                     sys.stdout.write(r.stdout if r.stdout.endswith("\n") else r.stdout + "\n")
                 if r.stderr:

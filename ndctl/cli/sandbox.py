@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,7 @@ def down(workdir: Optional[Path] = WORKDIR,
         if not typer.confirm("Remove every sandbox host and its volumes?", default=False, err=True):
             raise typer.Exit(2)
     removed = sandbox.down(workdir=_workdir(workdir))
+    shutil.rmtree(_workdir(workdir) / "demo", ignore_errors=True)
     output.stdout.print(f"removed {len(removed)} sandbox host(s)")
 
 
@@ -63,7 +65,7 @@ def status(workdir: Optional[Path] = WORKDIR, fmt: Output = typer.Option(Output.
     """Show the sandbox hosts."""
     from ndctl import sandbox
 
-    rows = sandbox.status(workdir=_workdir(workdir))
+    rows = [h.to_dict() for h in sandbox.status(workdir=_workdir(workdir))]
     if fmt in (Output.json, Output.yaml):
         output.emit_data(rows, fmt)
         return
@@ -94,8 +96,10 @@ def demo(hosts: int = typer.Option(3, "--hosts", "-n", min=2, max=20),
     output.stdout.print(f"[bold]Starting a sandbox fleet of {hosts} hosts[/] "
                         "(containers with their own sshd, filesystem and Docker engine)", markup=True)
     started = sandbox.up(hosts, workdir=wd)
+    # The demo's own inventory starts empty each time, so every step below really happens.
+    shutil.rmtree(wd / "demo", ignore_errors=True)
     env = dict(os.environ)
-    env["NDCTL_INVENTORY"] = str(wd / "inventory.yaml")
+    env["NDCTL_INVENTORY"] = str(wd / "demo" / "inventory.yaml")
     env["NDCTL_SSH_CONFIG"] = str(wd / "ssh_config")
     output.stdout.print(f"inventory: {env['NDCTL_INVENTORY']}   ssh config: {env['NDCTL_SSH_CONFIG']}")
     layout = [("production,web,us-east"), ("production,web,eu-west"), ("production,db,us-east")]

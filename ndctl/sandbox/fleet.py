@@ -44,8 +44,8 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 PermitRootLogin no
-MaxStartups 100:30:200
-MaxSessions 100
+MaxStartups {max_startups}
+MaxSessions {max_sessions}
 PrintMotd no
 PrintLastLog no
 X11Forwarding no
@@ -204,7 +204,11 @@ class SshdFleet:
         identity: Path | None = None,
         timeout: float = START_TIMEOUT,
         autostart: bool = True,
+        max_startups: str = "100:30:200",
+        max_sessions: int = 100,
     ) -> None:
+        """``max_startups``/``max_sessions``: sshd's limits; pass OpenSSH's defaults
+        (``"10:30:100"``, ``10``) to test how a client copes with them."""
         if n < 1:
             raise ValueError("an SshdFleet needs at least one host")
         self.n = n
@@ -212,6 +216,8 @@ class SshdFleet:
         self.user = user
         self.name_prefix = name_prefix
         self.timeout = timeout
+        self.max_startups = max_startups
+        self.max_sessions = max_sessions
         self._identity = Path(identity) if identity else None
         self.tmpdir: Path | None = None
         self._procs: list[subprocess.Popen | None] = []
@@ -376,6 +382,7 @@ class SshdFleet:
         cfg.write_text(SSHD_CONFIG.format(
             address=loopback_address(i), port=self._ports[i], host_key=d / "ssh_host_ed25519_key",
             pid_file=d / "sshd.pid", authorized_keys=self.tmpdir / "authorized_keys", user=self.user,
+            max_startups=self.max_startups, max_sessions=self.max_sessions,
         ))
         with open(d / "sshd.log", "wb") as log:
             self._procs[i] = subprocess.Popen(

@@ -30,6 +30,7 @@ INCLUDE = (
     "iproute2",
     "procps",
     "ca-certificates",
+    "sudo",  # for tests of non-root logins that escalate with sudo
 )
 #: bump to force a rebuild when something outside the texts below changes
 RECIPE_VERSION = 1

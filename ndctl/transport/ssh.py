@@ -71,7 +71,8 @@ class RunOptions:
     command_timeout: float | None = None
     max_handshakes: int = 8  # per target sshd: below OpenSSH's MaxStartups start of 10
     max_channels: int = 10  # per connection: OpenSSH's MaxSessions default
-    connect_attempts: int = 3
+    connect_attempts: int = 4
+    channel_attempts: int = 6  # opens of a channel refused by MaxSessions
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 4
     ssh_config: str | None = None
@@ -290,14 +291,15 @@ class Runner:
         if isinstance(input, bytes):
             input = input.decode("utf-8")
         timeout = timeout if timeout is not None else self.opts.command_timeout
-        for attempt in range(6):
+        attempts = max(1, self.opts.channel_attempts)
+        for attempt in range(attempts):
             try:
                 async with c.channels:
                     proc = await c.conn.create_process(command, encoding="utf-8", errors="replace")
                     return await self._collect(host, proc, input, timeout, on_output, started)
             except asyncssh.ChannelOpenError as e:
                 # MaxSessions reached (another ndctl, a user's ssh multiplexing): back off and retry.
-                if attempt == 5:
+                if attempt == attempts - 1:
                     return HostResult(host.name, Status.FAILED, None, "", "", time.monotonic() - started,
                                       error=f"channel open refused: {e.reason}")
                 await asyncio.sleep(0.1 * 2**attempt + random.uniform(0, 0.1))

@@ -252,3 +252,32 @@ def test_proxy_jump_through_a_bastion(cli, fleet, container_hosts, ssh_block) ->
     assert (h.address, h.port, h.proxy_jump) == (ip, 22, "bastion")
     r = cli("exec", "--tags", "inner", "--", "hostname")
     assert r.returncode == 0 and r.stdout.strip().endswith(target.container)
+
+
+def test_non_root_login_with_sudo(cli, fleet) -> None:
+    th = fleet["prod-web-2"]
+    # password '*' (not the locked '!'): with UsePAM no, sshd refuses keys for locked accounts
+    th.exec("sh", "-c", "id deploy >/dev/null 2>&1 || useradd -m -s /bin/sh -p '*' deploy; "
+                        "mkdir -p ~deploy/.ssh && cp /root/.ssh/authorized_keys ~deploy/.ssh/ && "
+                        "chown -R deploy: ~deploy/.ssh && echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy")
+    th.exec("sh", "-c", "rm -rf /var/lib/nextdeploy ~deploy/.nextdeploy")
+    common = ["--address", "127.0.0.1", "--port", str(th.port), "--identity", str(th.identity), "--trust-host-key"]
+    # Without sudo the helper lives in the user's home and runs unprivileged.
+    r = cli("agent", "register", "--name", "deployer", "--user", "deploy", "--tags", "plain", *common)
+    assert r.returncode == 0, r.stderr
+    assert th.exec("sh", "-c", "ls ~deploy/.nextdeploy").stdout.startswith("helper-")
+    assert cli.json("agent", "facts", "deployer")["user"] == "deploy"
+    r = cli("exec", "--tags", "plain", "--", "id -u")
+    assert r.stdout.strip().endswith("| " + th.exec("id", "-u", "deploy").stdout.strip())
+    # With --sudo every command escalates with `sudo -n`, the helper included.
+    r = cli("agent", "register", "--name", "deployer", "--user", "deploy", "--sudo", *common)
+    assert r.returncode == 0, r.stderr
+    assert cli.inv().get("deployer").sudo is True
+    r = cli("exec", "--tags", "name:deployer", "--", "id -u")
+    assert r.returncode == 0 and r.stdout.strip() == "deployer | 0"
+    assert cli.json("agent", "facts", "deployer")["uid"] == 0
+    assert th.exec("stat", "-c", "%U", "/var/lib/nextdeploy").stdout.strip() == "root"
+    # A sudo that wants a password fails at once instead of hanging the fan-out.
+    th.exec("rm", "/etc/sudoers.d/deploy")
+    r = cli("exec", "--tags", "name:deployer", "--", "id -u", timeout=60)
+    assert r.returncode == 3 and "password is required" in r.stderr
