@@ -13,9 +13,20 @@ from ndctl.core.cache import Cache
 from ndctl.core.errors import ExitStatus, UsageError
 from ndctl.core.facts import Facts
 from ndctl.core.inventory import Host, Inventory, parse_tag_list
-from ndctl.ops import agents
 
 app = typer.Typer(help="Register, list, tag and remove hosts (agents).", no_args_is_help=True)
+
+
+class _LazyOps:
+    """``agents`` ops, imported on first use: `agent list` should not pay for asyncssh."""
+
+    def __getattr__(self, name: str):
+        from ndctl.ops import agents as mod
+
+        return getattr(mod, name)
+
+
+agents = _LazyOps()
 
 OUTPUT = typer.Option(Output.table, "--output", "-o", help="table, wide, json or yaml.")
 SELECTOR = typer.Option(None, "--tags", "-t", help="Host selector: 'production,web', 'web|db', '!db', 'name:web-*'.")

@@ -6,7 +6,6 @@ from typing import List, Optional
 
 import typer
 
-from ndctl.api import Fleet
 from ndctl.cli import output
 from ndctl.cli.output import Output
 from ndctl.core.errors import UsageError
@@ -25,6 +24,7 @@ def exec_command(
     Exit statuses: 0 all ok, 3 failed on some host, 4 some host unreachable,
     5 the selector matched no host, 2 usage error.
     """
+    from ndctl.api import Fleet
     from ndctl.cli.main import state
 
     if not command:
