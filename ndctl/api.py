@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from ndctl.commands.shell import user_command, with_sudo
 from ndctl.core.inventory import Host, Inventory
+from ndctl.core.selectors import select
 from ndctl.core.results import GroupResult, HostResult, Status
 from ndctl.ops import agents
 from ndctl.ops.helper import gather_facts, sample_metrics
@@ -101,14 +102,10 @@ class Fleet:
         return len(self._hosts)
 
     def select(self, selector: str) -> "Fleet":
-        """A narrower fleet; raises NoHostsMatched when nothing matches."""
+        """The hosts of this fleet that also match ``selector``; raises NoHostsMatched when none do."""
         f = Fleet(self.inventory, **self._run_kw)
-        f._hosts = self.inventory.select(selector) if not self.selector else [
-            h for h in self.inventory.select(selector) if h in self._hosts]
-        if not f._hosts:
-            from ndctl.core.errors import NoHostsMatched
-            raise NoHostsMatched(selector)
-        f.selector = selector
+        f._hosts = select(self._hosts, selector)
+        f.selector = selector if not self.selector else f"({self.selector}),({selector})"
         return f
 
     def run_options(self) -> RunOptions:

@@ -1,7 +1,6 @@
 """Entry point: the Typer app, global options, and typed errors -> exit statuses."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional

@@ -13,12 +13,10 @@ from ndctl.commands.shell import with_sudo
 from ndctl.core import knownhosts
 from ndctl.core.autotags import compute_auto_tags
 from ndctl.core.cache import AgentCache, Cache
-from ndctl.core.errors import (
-    HostKeyChanged, HostKeyError, NdctlError, RemoteError, UsageError,
-)
+from ndctl.core.errors import HostKeyChanged, HostKeyError, RemoteError, UsageError
 from ndctl.core.facts import Facts
 from ndctl.core.inventory import Host, Inventory, locked, parse_tag_list, validate_name
-from ndctl.core.results import GroupResult, HostResult, Status
+from ndctl.core.results import GroupResult, HostResult
 from ndctl.ops.helper import gather_facts
 from ndctl.transport import sshconfig
 from ndctl.transport.ssh import HostKeyPolicy, Runner, RunOptions, fingerprint, key_line
@@ -201,6 +199,3 @@ def retag(inv_path: Path | str | None, selector: str, add: list[str], remove_tag
         inv.save()
     return chosen
 
-
-__all__ = ["register", "refresh", "remove", "retag", "purge", "Registration", "run_options", "NdctlError",
-           "Status"]

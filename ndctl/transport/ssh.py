@@ -96,8 +96,7 @@ class _Client(asyncssh.SSHClient):
 @dataclass
 class _Conn:
     conn: asyncssh.SSHClientConnection
-    channels: asyncio.Semaphore
-    host_key: asyncssh.SSHKey | None
+    channels: asyncio.Semaphore  # at most max_channels sessions at once (sshd's MaxSessions)
 
 
 class Runner:
@@ -267,7 +266,7 @@ class Runner:
             if c is None:
                 tunnel = await self._jump(host.proxy_jump) if host.proxy_jump else None
                 conn = await self._open(host, tunnel=tunnel)
-                c = _Conn(conn, asyncio.Semaphore(self.opts.max_channels), conn.get_server_host_key())
+                c = _Conn(conn, asyncio.Semaphore(self.opts.max_channels))
                 self._conns[host.name] = c
             return c
 

@@ -2,7 +2,6 @@
 (containers with their own OpenSSH sshd, filesystem and Docker engine)."""
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 
@@ -281,3 +280,48 @@ def test_non_root_login_with_sudo(cli, fleet) -> None:
     th.exec("rm", "/etc/sudoers.d/deploy")
     r = cli("exec", "--tags", "name:deployer", "--", "id -u", timeout=60)
     assert r.returncode == 3 and "password is required" in r.stderr
+
+
+def _on_a_terminal(cli, args: list[str], answer: str) -> tuple[int, str]:
+    """Run ndctl with a pseudo-terminal as stdin/stdout/stderr and answer its first prompt."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ndctl", *args], env=cli.env,
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    seen, answered, deadline = b"", False, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not answered and b"Trust this host key" in seen:
+                os.write(master, answer.encode() + b"\n")
+                answered = True
+        elif proc.poll() is not None:
+            break
+    rc = proc.wait(timeout=60)
+    os.close(master)
+    return rc, seen.decode(errors="replace")
+
+
+def test_first_use_on_a_terminal_shows_the_fingerprint_and_asks(cli, fleet) -> None:
+    th = fleet["prod-web-1"]
+    rc, screen = _on_a_terminal(cli, ["agent", "register", "--name", "prod-web-1", "--tags", "web"], "n")
+    assert fingerprint(th.host_key) in screen and "can't be established" in screen
+    assert rc == ExitStatus.HOST_KEY and "not accepted" in screen
+    assert not cli.inventory.exists()
+    rc, screen = _on_a_terminal(cli, ["agent", "register", "--name", "prod-web-1", "--tags", "web"], "y")
+    assert rc == 0, screen
+    assert "registered prod-web-1" in screen
+    assert cli.inv().get("prod-web-1").host_key == th.host_key
