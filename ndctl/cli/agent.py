@@ -62,10 +62,10 @@ def register(
 ) -> None:
     """Connect to a host, pin its key, gather facts and add (or update) it."""
     confirm = _confirm_host_key if sys.stdin.isatty() and not trust_host_key else None
-    with output.status(f"registering {name}"):
-        reg = asyncio.run(agents.register(
-            _inv_path(), name, tags=tags, address=address, port=port, user=user, identity=identity,
-            proxy_jump=proxy_jump, sudo=sudo, trust_host_key=trust_host_key, confirm=confirm))
+    # No spinner here: it would redraw over the host-key prompt.
+    reg = asyncio.run(agents.register(
+        _inv_path(), name, tags=tags, address=address, port=port, user=user, identity=identity,
+        proxy_jump=proxy_jump, sudo=sudo, trust_host_key=trust_host_key, confirm=confirm))
     for w in reg.warnings:
         sys.stderr.write(f"warning: {w}\n")
     if fmt in (Output.json, Output.yaml):

@@ -16,13 +16,16 @@ def exec_command(
     selector: Optional[str] = typer.Option(None, "--tags", "-t", help="Host selector (default: every host)."),
     group: bool = typer.Option(False, "--group", "-g", help="Print output grouped per host, not streamed."),
     fmt: Output = typer.Option(Output.table, "--output", "-o", help="table (streamed text) or json/yaml."),
-    forks: Optional[int] = typer.Option(None, "--forks", "-f", min=1, help="Hosts at once (default 100)."),
+    forks: Optional[int] = typer.Option(None, "--forks", "-f", min=1,
+                                        help="Hosts at once (default: settings.forks, 100)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, help="Per-host command timeout, seconds."),
 ) -> None:
     """Run a shell command on the selected hosts; exit 0 only if it succeeded everywhere.
 
-    Exit statuses: 0 all ok, 3 failed on some host, 4 some host unreachable,
-    5 the selector matched no host, 2 usage error.
+    Exit statuses: 0 all ok, 2 usage error, 3 failed on some host, 4 some host
+    unreachable (wins over 3), 5 the selector matched no host, 6 host key
+    refused or changed (every failing host), 7 authentication failed (every
+    failing host).
     """
     from ndctl.api import Fleet
     from ndctl.cli.main import state
@@ -33,7 +36,7 @@ def exec_command(
     if len(fleet) == 0:
         from ndctl.core.errors import NoHostsMatched
         raise NoHostsMatched(selector or "*")
-    streaming = fmt is Output.table and not group
+    streaming = fmt in (Output.table, Output.wide) and not group
     width = max(len(h.name) for h in fleet.hosts)
     colors = ["cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta", "bright_green"]
     color_of = {h.name: colors[i % len(colors)] for i, h in enumerate(fleet.hosts)}

@@ -22,9 +22,10 @@ _PREAMBLE = (
 )
 
 # A login that cannot write the system directory (non-root without sudo)
-# keeps its helper under $HOME instead.
+# keeps its helper under $HOME/.cache instead: not ~/.nextdeploy, which is where
+# the controller keeps its inventory when the host is also a controller.
 _RUN = _PREAMBLE + (
-    'for d in "$dir" "$HOME/.nextdeploy"; do f="$d/helper-$hash.py"; '
+    'for d in "$dir" "$HOME/.cache/nextdeploy"; do f="$d/helper-$hash.py"; '
     'if [ -s "$f" ]; then exec python3 "$f" "$@"; fi; done; exit 199'
 )
 
@@ -36,7 +37,7 @@ _VERIFY = ("import hashlib,sys; d=hashlib.sha256(open(sys.argv[1],'rb').read()).
 # channel could carry more, and a peer that never sends EOF cannot hang it.
 _UPLOAD = _PREAMBLE + (
     'size="$1"; shift; d="$dir"; if ! { mkdir -p -m 0755 "$d" 2>/dev/null && [ -w "$d" ]; }; then '
-    'd="$HOME/.nextdeploy"; mkdir -p -m 0700 "$d" || exit 198; fi; '
+    'd="$HOME/.cache/nextdeploy"; mkdir -p -m 0700 "$d" || exit 198; fi; '
     'f="$d/helper-$hash.py"; t="$f.$$.tmp"; '
     'if ! { head -c "$size" > "$t" && python3 -c "$0" "$t" "$hash" && chmod 0644 "$t" && mv -f "$t" "$f"; }; '
     'then rm -f "$t"; '
@@ -63,6 +64,6 @@ def purge_argv(helper_dir: str) -> list[str]:
     return [
         "sh", "-c",
         'case "$1" in */nextdeploy) ;; *) echo "ndctl: refusing to purge $1" >&2; exit 2;; esac; '
-        'rm -rf -- "$1" "$HOME/.nextdeploy"',
+        'rm -rf -- "$1" "$HOME/.cache/nextdeploy"',
         "ndctl-purge", helper_dir,
     ]

@@ -38,7 +38,8 @@ HOST_FIELDS = {
     "tags", "auto_tags", "host_key", "registered_at", "ssh_name",
 }
 DEFAULT_FIELDS = {"user", "port", "identity", "proxy_jump", "sudo"}
-SETTINGS_FIELDS = {"forks", "connect_timeout", "command_timeout", "ssh_config", "helper_dir"}
+SETTINGS_FIELDS = {"forks", "connect_timeout", "command_timeout", "ssh_config", "helper_dir",
+                   "max_handshakes", "max_channels"}
 TOP_FIELDS = {"version", "defaults", "settings", "autotags", "hosts"}
 
 
@@ -114,17 +115,18 @@ class Host:
         """Where sshd is, as a key for per-target limits and known_hosts."""
         return f"[{self.address}]:{self.port}" if self.port != 22 else self.address
 
-    def to_mapping(self) -> dict[str, Any]:
+    def to_mapping(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The YAML mapping; connection fields equal to the inventory's defaults are left out
+        (so they keep following them), and any that differ are written out."""
+        defaults = defaults or {}
+        builtin = {"port": 22, "sudo": False, "identity": None, "proxy_jump": None}
         d: dict[str, Any] = {"id": self.id, "address": self.address}
-        if self.port != 22:
-            d["port"] = self.port
-        d["user"] = self.user
-        for k in ("identity", "proxy_jump", "ssh_name"):
+        for k in ("port", "user", "identity", "proxy_jump", "sudo"):
             v = getattr(self, k)
-            if v:
+            if k == "user" or v != defaults.get(k, builtin[k]):
                 d[k] = v
-        if self.sudo:
-            d["sudo"] = True
+        if self.ssh_name:
+            d["ssh_name"] = self.ssh_name
         d["tags"] = list(self.tags)
         d["auto_tags"] = list(self.auto_tags)
         if self.host_key:
@@ -136,11 +138,13 @@ class Host:
 
 @dataclass
 class Settings:
-    forks: int = 50
+    forks: int = 100
     connect_timeout: float = 10.0
     command_timeout: float | None = None
     ssh_config: str | None = None  # None: ~/.ssh/config (or NDCTL_SSH_CONFIG)
     helper_dir: str = "/var/lib/nextdeploy"
+    max_handshakes: int = 8  # per target sshd; keep below its MaxStartups (OpenSSH: 10)
+    max_channels: int = 10  # per connection; keep at or below its MaxSessions (OpenSSH: 10)
 
 
 def _where(node: Any, key: Any = None) -> str:
@@ -255,8 +259,10 @@ class Inventory:
 
     def _check_settings(self) -> None:
         s = self.settings
-        if not isinstance(s.forks, int) or isinstance(s.forks, bool) or s.forks < 1:
-            raise self._err(f"settings.forks must be a positive integer, not {s.forks!r}", self._doc, "settings")
+        for k in ("forks", "max_handshakes", "max_channels"):
+            v = getattr(s, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise self._err(f"settings.{k} must be a positive integer, not {v!r}", self._doc, "settings")
         for k in ("connect_timeout", "command_timeout"):
             v = getattr(s, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
@@ -341,7 +347,7 @@ class Inventory:
                 raise ConflictError(f"id {host.id!r} of {host.name!r} clashes with {other.name!r}")
         hosts: CommentedMap = self._doc["hosts"]
         new = host.name not in hosts
-        data = host.to_mapping()
+        data = host.to_mapping(self.defaults)
         if new:
             node = CommentedMap()
             hosts[host.name] = node

@@ -33,6 +33,8 @@ def run_options(inv: Inventory, *, forks: int | None = None, connect_timeout: fl
         connect_timeout=connect_timeout or s.connect_timeout,
         command_timeout=command_timeout if command_timeout is not None else s.command_timeout,
         ssh_config=s.ssh_config,
+        max_handshakes=s.max_handshakes,
+        max_channels=s.max_channels,
         known_hosts_files=[inv.known_hosts_path, Path("~/.ssh/known_hosts").expanduser()],
         host_key_policy=policy or HostKeyPolicy(),
     )
@@ -78,14 +80,24 @@ async def register(
     inv = Inventory.load(inventory_path)
     existing = inv.hosts.get(name)
     resolved = sshconfig.resolve(name, sshconfig.config_paths(inv.settings.ssh_config))
+    def pick(field: str, flag, from_config, builtin):
+        """A flag wins, then ~/.ssh/config, then the existing entry, then inventory defaults."""
+        if flag is not None:
+            return flag
+        if field in resolved.set_fields:
+            return from_config
+        if existing is not None:
+            return getattr(existing, field)
+        return inv.defaults.get(field, builtin)
+
     host = Host(
         name=name,
-        address=address or (resolved.hostname if resolved.from_config or not existing else existing.address),
-        port=port or (resolved.port if resolved.from_config or not existing else existing.port),
-        user=user or (resolved.user if resolved.from_config or not existing else existing.user),
-        identity=identity or (resolved.identity_files[0] if resolved.identity_files else (existing.identity if existing else None)),
-        proxy_jump=proxy_jump or resolved.proxy_jump or (existing.proxy_jump if existing else None),
-        sudo=sudo if sudo is not None else (existing.sudo if existing else False),
+        address=pick("address", address, resolved.hostname, name),
+        port=pick("port", port, resolved.port, 22),
+        user=pick("user", user, resolved.user, resolved.user),
+        identity=pick("identity", identity, resolved.identity_files[0] if resolved.identity_files else None, None),
+        proxy_jump=pick("proxy_jump", proxy_jump, resolved.proxy_jump, None),
+        sudo=pick("sudo", sudo, None, False),
         tags=manual_tags if manual_tags is not None else (list(existing.tags) if existing else []),
         registered_at=existing.registered_at if existing else _now_iso(),
         ssh_name=name if resolved.from_config else None,
@@ -105,7 +117,9 @@ async def register(
             raise
         except HostKeyError as e:
             presented = runner.presented_keys.get(host.name)
-            if presented is None or confirm is None:
+            if presented is None:
+                raise  # not the target's key (e.g. an untrusted bastion): the error says which
+            if confirm is None:
                 raise HostKeyError(
                     f"{e.message}; refusing an unknown host key without a terminal",
                     hint="check the fingerprint out of band, then pass --trust-host-key",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
+from asyncssh.public_key import load_default_keypairs
 
 from ndctl.core.errors import AuthError, ExitStatus, HostKeyChanged, HostKeyError, HostUnreachable, NdctlError
 from ndctl.core.inventory import Host
@@ -158,19 +159,34 @@ class Runner:
         return keys
 
     def _client_keys(self, host: Host) -> Any:
+        """Keys for ``host``, loaded once per identity per run.
+
+        An explicit identity is the only key offered (like OpenSSH's
+        IdentitiesOnly), unless it is passphrase-protected and an ssh-agent
+        runs: then the agent, which presumably holds it, is used instead.
+        Without an identity: the agent, else the default ``~/.ssh/id_*`` files.
+        """
         ident = (host.identity,) if host.identity else ()
         if ident in self._key_cache:
             return self._key_cache[ident]
+        agent = bool(os.environ.get("SSH_AUTH_SOCK"))
+        keys: Any
         if ident:
             path = Path(ident[0]).expanduser()
             try:
                 keys = asyncssh.load_keypairs([str(path)])
-            except (OSError, asyncssh.KeyImportError) as e:
-                raise AuthError(f"cannot load identity {path}: {e}") from e
-        elif os.environ.get("SSH_AUTH_SOCK"):
+            except asyncssh.KeyImportError as e:
+                if "assphrase" in str(e) and agent:
+                    keys = ()  # asyncssh default: ask the agent
+                else:
+                    hint = " (passphrase-protected: add it to ssh-agent)" if "assphrase" in str(e) else ""
+                    raise AuthError(f"cannot load identity {path}: {e}{hint}") from e
+            except OSError as e:
+                raise AuthError(f"cannot load identity {path}: {e.strerror or e}") from e
+        elif agent:
             keys = ()  # asyncssh default: agent first, then ~/.ssh/id_*
         else:
-            keys = asyncssh.load_default_keypairs()
+            keys = load_default_keypairs()
         self._key_cache[ident] = keys
         return keys
 
@@ -192,18 +208,21 @@ class Runner:
                     user=user or r.user,
                     identity=r.identity_files[0] if r.identity_files else None,
                 )
-                tunnel = await self._open(jump_host, tunnel=tunnel)
+                # A bastion must already be trusted (ndctl's or the user's known_hosts):
+                # --trust-host-key is about the target being registered, never the hop to it.
+                tunnel = await self._open(jump_host, tunnel=tunnel, strict=True)
             assert tunnel is not None
             self._jumps[spec] = tunnel
             return tunnel
 
-    async def _open(self, host: Host, tunnel: asyncssh.SSHClientConnection | None = None) -> asyncssh.SSHClientConnection:
+    async def _open(self, host: Host, tunnel: asyncssh.SSHClientConnection | None = None,
+                    strict: bool = False) -> asyncssh.SSHClientConnection:
         target = known_hosts_pattern(host.address, host.port)
         sem = self._handshake_sems.setdefault(target, asyncio.Semaphore(self.opts.max_handshakes))
         policy = self.opts.host_key_policy
         trusted = self._trusted_keys(host)
         record: dict[str, Any] = {}
-        accept = policy.trust_new if not trusted else policy.accept_changed
+        accept = False if strict else (policy.trust_new if not trusted else policy.accept_changed)
         last_exc: BaseException | None = None
         for attempt in range(self.opts.connect_attempts):
             try:
@@ -234,7 +253,7 @@ class Runner:
                 if presented is not None and trusted:
                     raise HostKeyChanged(
                         f"{host.name} ({target})",
-                        ", ".join(fingerprint(k) for k in trusted),
+                        ", ".join(dict.fromkeys(fingerprint(k) for k in trusted)),
                         fingerprint(presented),
                     ) from e
                 fp = f" {fingerprint(presented)}" if presented is not None else ""
@@ -292,6 +311,7 @@ class Runner:
         timeout = timeout if timeout is not None else self.opts.command_timeout
         attempts = max(1, self.opts.channel_attempts)
         for attempt in range(attempts):
+            proc = None
             try:
                 async with c.channels:
                     proc = await c.conn.create_process(command, encoding="utf-8", errors="replace")
@@ -304,7 +324,12 @@ class Runner:
                 await asyncio.sleep(0.1 * 2**attempt + random.uniform(0, 0.1))
             except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as e:
                 self._conns.pop(host.name, None)
-                return _unreachable(host, HostUnreachable(f"connection to {host.name} lost: {_describe(e)}"), started)
+                if proc is None:  # the command never started
+                    return _unreachable(host, HostUnreachable(f"connection to {host.name} lost: {_describe(e)}"),
+                                        started)
+                # It started and may have done part of its work: a failure, never "did not run".
+                return HostResult(host.name, Status.FAILED, None, "", "", time.monotonic() - started,
+                                  error=f"connection lost while the command ran: {_describe(e)}")
         raise AssertionError("unreachable")
 
     async def _collect(self, host: Host, proc: asyncssh.SSHClientProcess, input: str | None,
@@ -342,9 +367,10 @@ class Runner:
                               time.monotonic() - started, error=f"timed out after {timeout:g}s")
         code = proc.exit_status
         if code is None or code < 0:
-            sig = proc.exit_signal[0] if proc.exit_signal else "unknown"
+            why = (f"killed by signal {proc.exit_signal[0]}" if proc.exit_signal
+                   else "ended without an exit status (connection lost while it ran?)")
             return HostResult(host.name, Status.FAILED, code, "".join(out), "".join(err),
-                              time.monotonic() - started, error=f"killed by signal {sig}")
+                              time.monotonic() - started, error=why)
         return HostResult(host.name, Status.OK if code == 0 else Status.FAILED, code, "".join(out), "".join(err),
                           time.monotonic() - started)
 

@@ -23,14 +23,16 @@ class Resolved:
     identity_files: list[str] = field(default_factory=list)
     proxy_jump: str | None = None
     from_config: bool = False  # a Host block changed something
+    set_fields: frozenset[str] = frozenset()  # of address, port, user, identity, proxy_jump
 
 
 def config_paths(explicit: str | os.PathLike[str] | None = None) -> list[Path]:
-    if explicit:
-        return [Path(explicit).expanduser()]
+    """NDCTL_SSH_CONFIG (colon-separated), else the inventory's setting, else ~/.ssh/config."""
     env = os.environ.get("NDCTL_SSH_CONFIG")
     if env:
         return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    if explicit:
+        return [Path(explicit).expanduser()]
     default = Path("~/.ssh/config").expanduser()
     return [default] if default.is_file() else []
 
@@ -49,5 +51,7 @@ def resolve(name: str, paths: list[Path] | None = None) -> Resolved:
         jump = ",".join(jump)
     if jump in ("none", ""):
         jump = None
-    changed = any(cfg.get(k) for k in ("Hostname", "Port", "User", "IdentityFile", "ProxyJump"))
-    return Resolved(name, str(hostname), port, str(user), idents, jump, changed)
+    keys = {"Hostname": "address", "Port": "port", "User": "user", "IdentityFile": "identity",
+            "ProxyJump": "proxy_jump"}
+    set_fields = frozenset(field for k, field in keys.items() if cfg.get(k))
+    return Resolved(name, str(hostname), port, str(user), idents, jump, bool(set_fields), set_fields)

@@ -244,6 +244,11 @@ def test_proxy_jump_through_a_bastion(cli, fleet, container_hosts, ssh_block) ->
     # The target's sshd is reachable only through the bastion's network, on port 22.
     cli.ssh_config.write_text(ssh_block("bastion", bastion) + ssh_block(
         "inner-1", type(target)(target.name, ip, 22, "root", target.identity, target.host_key), proxy_jump="bastion"))
+    # --trust-host-key covers the target, never the hop: an unknown bastion is refused.
+    r = cli("agent", "register", "--name", "inner-1", "--tags", "inner", "--trust-host-key")
+    assert r.returncode == ExitStatus.HOST_KEY, r.stderr
+    assert f"(127.0.0.1:{bastion.port})" in r.stderr.replace("[", "").replace("]", "")
+    assert not cli.inventory.exists()
     (cli.home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{bastion.port} {bastion.host_key}\n")
     r = cli("agent", "register", "--name", "inner-1", "--tags", "inner", "--trust-host-key")
     assert r.returncode == 0, r.stderr
@@ -259,12 +264,12 @@ def test_non_root_login_with_sudo(cli, fleet) -> None:
     th.exec("sh", "-c", "id deploy >/dev/null 2>&1 || useradd -m -s /bin/sh -p '*' deploy; "
                         "mkdir -p ~deploy/.ssh && cp /root/.ssh/authorized_keys ~deploy/.ssh/ && "
                         "chown -R deploy: ~deploy/.ssh && echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy")
-    th.exec("sh", "-c", "rm -rf /var/lib/nextdeploy ~deploy/.nextdeploy")
+    th.exec("sh", "-c", "rm -rf /var/lib/nextdeploy ~deploy/.cache/nextdeploy")
     common = ["--address", "127.0.0.1", "--port", str(th.port), "--identity", str(th.identity), "--trust-host-key"]
     # Without sudo the helper lives in the user's home and runs unprivileged.
     r = cli("agent", "register", "--name", "deployer", "--user", "deploy", "--tags", "plain", *common)
     assert r.returncode == 0, r.stderr
-    assert th.exec("sh", "-c", "ls ~deploy/.nextdeploy").stdout.startswith("helper-")
+    assert th.exec("sh", "-c", "ls ~deploy/.cache/nextdeploy").stdout.startswith("helper-")
     assert cli.json("agent", "facts", "deployer")["user"] == "deploy"
     r = cli("exec", "--tags", "plain", "--", "id -u")
     assert r.stdout.strip().endswith("| " + th.exec("id", "-u", "deploy").stdout.strip())

@@ -170,3 +170,16 @@ def test_env_var_names_the_default_inventory(tmp_path: Path, monkeypatch: pytest
     p = write(tmp_path, HAND_WRITTEN)
     monkeypatch.setenv("NDCTL_INVENTORY", str(p))
     assert [h.name for h in Inventory.load()] == ["db-1", "web-1"]
+
+
+def test_defaults_apply_and_differences_are_written(tmp_path: Path) -> None:
+    p = write(tmp_path, "version: 1\ndefaults:\n  port: 2222\n  sudo: true\n  user: deploy\nhosts: {}\n")
+    inv = Inventory.load(p)
+    inv.upsert(Host("follows", "10.0.0.1", port=2222, user="deploy", sudo=True))
+    inv.upsert(Host("differs", "10.0.0.2", port=22, user="root", sudo=False))
+    inv.save()
+    again = Inventory.load(p)
+    a, b = again.get("follows"), again.get("differs")
+    assert (a.port, a.user, a.sudo) == (2222, "deploy", True)
+    assert (b.port, b.user, b.sudo) == (22, "root", False)  # not silently turned into the defaults
+    assert "port: 2222" not in p.read_text().split("follows:")[1].split("differs:")[0]
