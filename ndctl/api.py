@@ -88,7 +88,7 @@ class Fleet:
     def __init__(self, inventory: Inventory | str | Path | None = None, *, selector: str | None = None,
                  forks: int | None = None, connect_timeout: float | None = None,
                  command_timeout: float | None = None) -> None:
-        self.inventory = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory)
+        self.inventory = inventory if isinstance(inventory, Inventory) else Inventory.load(inventory, readonly=True)
         self.selector = selector
         self._hosts = self.inventory.select(selector) if selector else list(self.inventory)
         self._run_kw: dict[str, Any] = {"forks": forks, "connect_timeout": connect_timeout,

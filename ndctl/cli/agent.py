@@ -39,7 +39,7 @@ def _inv_path():
 
 
 def _load() -> Inventory:
-    return Inventory.load(_inv_path())
+    return Inventory.load(_inv_path(), readonly=True)
 
 
 def _confirm_host_key(desc: str, fp: str) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -27,6 +28,18 @@ from ndctl.core.errors import ConflictError, InventoryError, NotFoundError, Usag
 from ndctl.core.selectors import select
 
 DEFAULT_HOME = Path("~/.nextdeploy")
+
+
+class _FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml, but with YAML 1.2 booleans as ruamel reads them: `yes`/`no`/`on`/`off` stay strings."""
+
+
+_FastLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_FastLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 SCHEMA_VERSION = 1
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -169,10 +182,11 @@ def _yaml() -> YAML:
 class Inventory:
     """An inventory file, loaded; mutate it with the methods below, then ``save()``."""
 
-    def __init__(self, path: Path, doc: CommentedMap, exists: bool) -> None:
+    def __init__(self, path: Path, doc: dict, exists: bool, readonly: bool = False) -> None:
         self.path = path
         self._doc = doc
         self.exists = exists
+        self.readonly = readonly
         self.hosts: dict[str, Host] = {}
         self.settings = Settings()
         self.defaults: dict[str, Any] = {}
@@ -181,14 +195,32 @@ class Inventory:
 
     # ----- loading ---------------------------------------------------------
     @classmethod
-    def load(cls, path: Path | str | None = None) -> "Inventory":
+    def load(cls, path: Path | str | None = None, *, readonly: bool = False) -> "Inventory":
+        """Load for update (round-trip, keeps comments), or ``readonly`` for speed.
+
+        The read-only path parses with libyaml, several times faster than the
+        round-trip parser on a large fleet; when the file has a problem it is
+        parsed again the slow way, so the error still names line and column.
+        """
         p = Path(path).expanduser() if path else default_inventory_path()
         if not p.exists():
-            return cls(p, CommentedMap([("version", SCHEMA_VERSION), ("hosts", CommentedMap())]), exists=False)
+            return cls(p, CommentedMap([("version", SCHEMA_VERSION), ("hosts", CommentedMap())]), exists=False,
+                       readonly=readonly)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as e:
             raise InventoryError(f"cannot read inventory {p}: {e.strerror}") from e
+        if readonly:
+            try:
+                doc = yaml.load(text, Loader=_FastLoader)
+                if doc is None:
+                    doc = {}
+                if isinstance(doc, dict):
+                    if doc.get("hosts") is None:
+                        doc["hosts"] = {}
+                    return cls(p, doc, exists=True, readonly=True)
+            except (yaml.YAMLError, InventoryError):
+                pass  # reported below, with positions
         return cls.from_text(text, p)
 
     @classmethod
@@ -235,7 +267,7 @@ class Inventory:
         except InventoryError as e:
             raise self._err(e.message, doc, "autotags") from e
         hosts = doc["hosts"]
-        if not isinstance(hosts, CommentedMap):
+        if not isinstance(hosts, dict):
             raise self._err("'hosts' must be a mapping of host name to host", doc, "hosts")
         ids: dict[str, str] = {}
         for name, raw in hosts.items():
@@ -249,7 +281,7 @@ class Inventory:
         val = doc.get(key)
         if val is None:
             return {}
-        if not isinstance(val, CommentedMap):
+        if not isinstance(val, dict):
             raise self._err(f"{key!r} must be a mapping", doc, key)
         if allowed is not None:
             for k in val:
@@ -271,7 +303,7 @@ class Inventory:
     def _parse_host(self, name: Any, raw: Any, hosts: CommentedMap) -> Host:
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise self._err(f"invalid host name {name!r}", hosts, name)
-        if not isinstance(raw, CommentedMap):
+        if not isinstance(raw, dict):
             raise self._err(f"host {name!r} must be a mapping", hosts, name)
         for k in raw:
             if k not in HOST_FIELDS:
@@ -339,8 +371,13 @@ class Inventory:
                             hint="`ndctl agent list` shows names and ids")
 
     # ----- mutations (applied to the round-trip document too) --------------
+    def _writable(self) -> None:
+        if self.readonly:
+            raise RuntimeError("this Inventory was loaded read-only; use ndctl.core.inventory.locked() to change it")
+
     def upsert(self, host: Host) -> bool:
         """Add or update a host; returns True when it was new."""
+        self._writable()
         validate_name(host.name)
         for other in self.hosts.values():
             if other.id == host.id and other.name != host.name:
@@ -353,9 +390,11 @@ class Inventory:
             hosts[host.name] = node
         else:
             node = hosts[host.name]
-            # drop keys the host no longer has, keep the order (and comments) of the rest
+            # Drop keys the host no longer has; keep the order (and comments) of the rest, and
+            # keep a hand-written field that merely repeats the default (`port: 22`).
             for k in [k for k in node if k not in data]:
-                del node[k]
+                if not hasattr(host, k) or node[k] != getattr(host, k):
+                    del node[k]
         for k, v in data.items():
             if isinstance(v, list):
                 seq = CommentedSeq(v)
@@ -369,6 +408,7 @@ class Inventory:
         return new
 
     def remove(self, name: str) -> Host:
+        self._writable()
         host = self.get(name)
         del self._doc["hosts"][host.name]
         del self.hosts[host.name]
@@ -382,6 +422,7 @@ class Inventory:
 
     def save(self) -> None:
         """Write atomically: a crash leaves either the old or the new file, never half of one."""
+        self._writable()
         text = self.dumps()
         Inventory.from_text(text, self.path)  # never write what we could not read back
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -224,6 +224,7 @@ class Runner:
         record: dict[str, Any] = {}
         accept = False if strict else (policy.trust_new if not trusted else policy.accept_changed)
         last_exc: BaseException | None = None
+        keys = self._client_keys(host)
         for attempt in range(self.opts.connect_attempts):
             try:
                 async with sem:
@@ -232,7 +233,8 @@ class Runner:
                         port=host.port,
                         tunnel=tunnel,
                         username=host.user,
-                        client_keys=self._client_keys(host),
+                        client_keys=keys,
+                        agent_path=() if keys == () else None,
                         known_hosts=(trusted, [], []),
                         server_host_key_algs=_host_key_algs(trusted),
                         client_factory=lambda: _Client(record, accept),
@@ -257,11 +259,12 @@ class Runner:
                         fingerprint(presented),
                     ) from e
                 fp = f" {fingerprint(presented)}" if presented is not None else ""
-                raise HostKeyError(
-                    f"host key{fp} of {host.name} ({target}) is not trusted",
-                    hint="register the host (`ndctl agent register`) to pin its key, "
-                    "or pass --trust-host-key after checking the fingerprint",
-                ) from e
+                hint = ("a bastion must already be trusted: connect once with `ssh` and check its "
+                        "fingerprint (it goes to ~/.ssh/known_hosts); --trust-host-key never covers a hop"
+                        if strict else "register the host (`ndctl agent register`) to pin its key, "
+                        "or pass --trust-host-key after checking the fingerprint")
+                what = "bastion" if strict else "host"
+                raise HostKeyError(f"{what} key{fp} of {host.name} ({target}) is not trusted", hint=hint) from e
             except asyncssh.PermissionDenied as e:
                 raise AuthError(
                     f"authentication failed for {host.user}@{host.address}:{host.port}: {e.reason}",
@@ -310,26 +313,35 @@ class Runner:
             input = input.decode("utf-8")
         timeout = timeout if timeout is not None else self.opts.command_timeout
         attempts = max(1, self.opts.channel_attempts)
+        reconnected = False
         for attempt in range(attempts):
             proc = None
+            if c.conn.is_closed() and not reconnected:
+                # dropped while idle (sshd restarted, NAT timeout): one fresh connection, then carry on
+                self._conns.pop(host.name, None)
+                reconnected = True
+                try:
+                    c = await self.connect(host)
+                except NdctlError as e:
+                    return _unreachable(host, e, started)
             try:
                 async with c.channels:
                     proc = await c.conn.create_process(command, encoding="utf-8", errors="replace")
                     return await self._collect(host, proc, input, timeout, on_output, started)
             except asyncssh.ChannelOpenError as e:
+                if c.conn.is_closed() and not reconnected:
+                    continue  # the connection went away under us: reconnect at the top of the loop
                 # MaxSessions reached (another ndctl, a user's ssh multiplexing): back off and retry.
                 if attempt == attempts - 1:
                     return HostResult(host.name, Status.FAILED, None, "", "", time.monotonic() - started,
                                       error=f"channel open refused: {e.reason}")
                 await asyncio.sleep(0.1 * 2**attempt + random.uniform(0, 0.1))
             except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as e:
+                # Raised before the command started (the channel open); once started, _collect
+                # turns a lost connection into a failure with the output received so far.
                 self._conns.pop(host.name, None)
-                if proc is None:  # the command never started
-                    return _unreachable(host, HostUnreachable(f"connection to {host.name} lost: {_describe(e)}"),
-                                        started)
-                # It started and may have done part of its work: a failure, never "did not run".
-                return HostResult(host.name, Status.FAILED, None, "", "", time.monotonic() - started,
-                                  error=f"connection lost while the command ran: {_describe(e)}")
+                return _unreachable(host, HostUnreachable(f"connection to {host.name} lost: {_describe(e)}"),
+                                    started)
         raise AssertionError("unreachable")
 
     async def _collect(self, host: Host, proc: asyncssh.SSHClientProcess, input: str | None,
@@ -339,7 +351,9 @@ class Runner:
 
         async def pump(stream: Any, sink: list[str], name: str) -> None:
             if on_output is None:
-                sink.append(await stream.read())
+                # chunk by chunk, so a connection lost mid-command keeps what already arrived
+                while chunk := await stream.read(65536):
+                    sink.append(chunk)
                 return
             while True:
                 line = await stream.readline()
@@ -365,6 +379,12 @@ class Runner:
             proc.close()
             return HostResult(host.name, Status.FAILED, TIMEOUT_EXIT, "".join(out), "".join(err),
                               time.monotonic() - started, error=f"timed out after {timeout:g}s")
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as e:  # after TimeoutError: a subclass
+            self._conns.pop(host.name, None)
+            # It started and may have done part of its work: a failure, never "did not run".
+            return HostResult(host.name, Status.FAILED, None, "".join(out), "".join(err),
+                              time.monotonic() - started,
+                              error=f"connection lost while the command ran: {_describe(e)}")
         code = proc.exit_status
         if code is None or code < 0:
             why = (f"killed by signal {proc.exit_signal[0]}" if proc.exit_signal

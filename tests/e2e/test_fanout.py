@@ -115,3 +115,42 @@ def test_maxstartups_is_respected(sshd_fleet_factory, tmp_path: Path) -> None:
     assert control.unreachable, "the control run should be dropped by MaxStartups"
     result = asyncio.run(run(max_handshakes=3))
     assert result.ok, result.summary_line()
+
+
+def test_dropped_connections_are_noticed(sshd_fleet_factory, tmp_path: Path) -> None:
+    import signal
+
+    fleet = sshd_fleet_factory(1)
+    th = fleet.hosts[0]
+    kh = tmp_path / "known_hosts"
+    knownhosts.set_pin(kh, th.address, th.port, th.host_key)
+    host = Host("one", th.address, port=th.port, user=th.user, identity=str(th.identity))
+
+    def session_sshd(pid_text: str) -> int:
+        pid = int(pid_text)
+        assert "sshd" in Path(f"/proc/{pid}/cmdline").read_text(), "expected the session's sshd"
+        return pid
+
+    async def main():
+        async with Runner(RunOptions(known_hosts_files=[kh])) as r:
+            first = await r.run(host, ["sh", "-c", "echo $PPID"])
+            os.kill(session_sshd(first.stdout), signal.SIGKILL)
+            await asyncio.sleep(0.3)
+            again = await r.run(host, ["echo", "back"])  # dropped while idle: one fresh connection
+            # dropped while a command runs: a failure (it may have done part of its work), output kept
+            lines: list[str] = []
+            task = asyncio.create_task(r.run(host, ["sh", "-c", "echo $PPID; echo partial; sleep 30"],
+                                             on_output=lambda h, s, line: lines.append(line)))
+            for _ in range(100):
+                if len(lines) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            os.kill(session_sshd(lines[0]), signal.SIGKILL)
+            mid = await asyncio.wait_for(task, 10)
+            return first, again, mid
+
+    first, again, mid = asyncio.run(main())
+    assert again.ok and again.stdout == "back\n" and again.duration < 2.5
+    assert mid.status is Status.FAILED and mid.exit_code is None
+    assert "partial\n" in mid.stdout
+    assert "connection lost" in mid.error or "without an exit status" in mid.error

@@ -183,3 +183,34 @@ def test_defaults_apply_and_differences_are_written(tmp_path: Path) -> None:
     assert (a.port, a.user, a.sudo) == (2222, "deploy", True)
     assert (b.port, b.user, b.sudo) == (22, "root", False)  # not silently turned into the defaults
     assert "port: 2222" not in p.read_text().split("follows:")[1].split("differs:")[0]
+
+
+@pytest.mark.parametrize("text", [HAND_WRITTEN, (ROOT / "inventory.example.yaml").read_text(),
+                                  "version: 1\nhosts:\n  a: {address: x, tags: [no, on, yes]}\n"])
+def test_readonly_fast_path_reads_what_the_round_trip_path_reads(tmp_path: Path, text: str) -> None:
+    p = write(tmp_path, text)
+    fast, slow = Inventory.load(p, readonly=True), Inventory.load(p)
+    assert fast.readonly and not slow.readonly
+    assert [vars(h) for h in fast] == [vars(h) for h in slow]
+    assert (fast.settings, fast.defaults, fast.thresholds) == (slow.settings, slow.defaults, slow.thresholds)
+    with pytest.raises(RuntimeError, match="read-only"):
+        fast.save()
+
+
+def test_readonly_errors_still_name_line_and_column(tmp_path: Path) -> None:
+    p = write(tmp_path, "hosts:\n  web-1:\n    address: a\n    sudo: yes\n")
+    with pytest.raises(InventoryError, match=r"sudo must be true or false \(line 4"):
+        Inventory.load(p, readonly=True)
+
+
+def test_hand_written_fields_equal_to_defaults_survive_updates(tmp_path: Path) -> None:
+    p = write(tmp_path, "version: 1\nhosts:\n  web-1:\n    address: a\n    port: 22   # explicit on purpose\n"
+                        "    sudo: false\n    tags: [x]\n")
+    inv = Inventory.load(p)
+    h = inv.get("web-1")
+    h.tags = ["x", "y"]
+    inv.upsert(h)
+    inv.save()
+    text = p.read_text()
+    assert "port: 22   # explicit on purpose" in text and "sudo: false" in text
+    assert Inventory.load(p).get("web-1").tags == ["x", "y"]
