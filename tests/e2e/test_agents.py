@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 
 import asyncssh
 import pytest
@@ -330,3 +331,34 @@ def test_first_use_on_a_terminal_shows_the_fingerprint_and_asks(cli, fleet) -> N
     assert rc == 0, screen
     assert "registered prod-web-1" in screen
     assert cli.inv().get("prod-web-1").host_key == th.host_key
+
+
+def test_metrics_and_running_containers_on_a_real_engine(cli, fleet) -> None:
+    from ndctl import Fleet, sandbox
+
+    th = fleet["prod-db-1"]
+    ref = sandbox.import_busybox(th)
+    th.exec("docker", "rm", "-f", "ndt-burner", check=False)
+    th.exec("docker", "run", "-d", "--name", "ndt-burner", "--label", "com.nextdeploy.test=1", ref,
+            "/bin/busybox", "sh", "-c", "while :; do :; done")
+    try:
+        register_all(cli, fleet)
+        facts = cli.json("agent", "facts", "prod-db-1")
+        burner = [c for c in facts["containers"] if c["name"] == "ndt-burner"]
+        assert burner and burner[0]["state"] == "running" and burner[0]["image"] == ref
+        assert burner[0]["labels"] == {"com.nextdeploy.test": "1"}
+        m = Fleet(cli.inventory).select("name:prod-db-1").metrics(interval=0.5)
+        assert m.ok, m.summary_line()
+        metrics = m["prod-db-1"].value
+        usage = {c.name: c for c in metrics.containers}
+        assert usage["ndt-burner"].cpu_percent > 20  # a busy loop: most of a core
+        assert usage["ndt-burner"].memory_bytes > 0
+        assert 0 <= metrics.cpu_percent <= 100 and len(metrics.load) == 3
+        # -o yaml and --inventory work like -o json and NDCTL_INVENTORY
+        env = {k: v for k, v in cli.env.items() if k != "NDCTL_INVENTORY"}
+        r = subprocess.run([sys.executable, "-m", "ndctl", "--inventory", str(cli.inventory), "agent", "list",
+                            "-o", "yaml"], env=env, capture_output=True, text=True, timeout=60)
+        import yaml
+        assert [h["name"] for h in yaml.safe_load(r.stdout)] == NAMES
+    finally:
+        th.exec("docker", "rm", "-f", "ndt-burner", check=False)

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -151,22 +150,11 @@ def test_exec_error_shows_stderr(container_host) -> None:
 
 
 def _busybox_rootfs(tmp_path: Path) -> Path:
-    busybox = shutil.which("busybox")
-    if not busybox:
+    if not shutil.which("busybox"):
         if os.environ.get("CI"):
             pytest.fail("no busybox (apt-get install busybox-static); CI is set, so this is an error")
         pytest.skip("needs busybox-static")
-    tar = tmp_path / "busybox-rootfs.tar"
-    with tarfile.open(tar, "w") as tf:
-        info = tf.gettarinfo(busybox, arcname="bin/busybox")
-        info.mode, info.uid, info.gid, info.uname, info.gname = 0o755, 0, 0, "root", "root"
-        with open(busybox, "rb") as f:
-            tf.addfile(info, f)
-        for d in ("tmp", "etc"):
-            dinfo = tarfile.TarInfo(d)
-            dinfo.type, dinfo.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
-            tf.addfile(dinfo)
-    return tar
+    return sandbox.busybox_rootfs_tar(tmp_path / "busybox-rootfs.tar")
 
 
 def test_inner_docker_run_of_a_locally_imported_image(container_hosts, tmp_path: Path) -> None:
