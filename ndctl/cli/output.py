@@ -7,16 +7,28 @@ import time
 from enum import Enum
 from typing import Any, Iterable, Sequence
 
-import yaml
-from rich.console import Console
-from rich.table import Table
 
 from ndctl.core.errors import ExitStatus, NdctlError
 from ndctl.core.results import GroupResult, Status
 
-# Piped output is for scripts and grep: never truncate or wrap table cells there.
-stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+_consoles: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """``output.stdout`` / ``output.stderr``: rich Consoles, created on first use so that
+    commands printing plain text or JSON never pay for importing rich."""
+    if name not in ("stdout", "stderr"):
+        raise AttributeError(name)
+    if name not in _consoles:
+        from rich.console import Console
+
+        if name == "stdout":
+            # Piped output is for scripts and grep: never truncate or wrap table cells there.
+            _consoles[name] = Console(highlight=False, soft_wrap=True,
+                                      width=None if sys.stdout.isatty() else 100_000)
+        else:
+            _consoles[name] = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _consoles[name]
 
 
 class Output(str, Enum):
@@ -28,6 +40,8 @@ class Output(str, Enum):
 
 def emit_data(data: Any, fmt: Output) -> None:
     if fmt is Output.yaml:
+        import yaml
+
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
     else:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -35,10 +49,12 @@ def emit_data(data: Any, fmt: Output) -> None:
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
     t = Table(*columns, title=title, box=None, pad_edge=False, header_style="bold", expand=False)
     for row in rows:
         t.add_row(*["" if v is None else str(v) for v in row])
-    stdout.print(t)
+    __getattr__("stdout").print(t)
 
 
 def progress_enabled() -> bool:
@@ -51,7 +67,7 @@ def status(message: str):
     import contextlib
 
     if progress_enabled():
-        return stderr.status(message)
+        return __getattr__("stderr").status(message)
     return contextlib.nullcontext()
 
 

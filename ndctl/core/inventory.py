@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+# ruamel (round-trip, comment-keeping) is imported only where the inventory is written
+# or an error needs a position: read-only commands never pay for it.
 
 from ndctl.core.autotags import AutoTagThresholds
 from ndctl.core.errors import ConflictError, InventoryError, NotFoundError, UsageError
@@ -162,6 +161,8 @@ class Settings:
 
 def _where(node: Any, key: Any = None) -> str:
     try:
+        from ruamel.yaml.comments import CommentedMap
+
         if key is not None and isinstance(node, CommentedMap):
             line, col = node.lc.key(key)
         else:
@@ -171,7 +172,9 @@ def _where(node: Any, key: Any = None) -> str:
         return "unknown position"
 
 
-def _yaml() -> YAML:
+def _yaml() -> Any:
+    from ruamel.yaml import YAML
+
     y = YAML(typ="rt")
     y.indent(mapping=2, sequence=4, offset=2)
     y.preserve_quotes = True
@@ -204,8 +207,11 @@ class Inventory:
         """
         p = Path(path).expanduser() if path else default_inventory_path()
         if not p.exists():
-            return cls(p, CommentedMap([("version", SCHEMA_VERSION), ("hosts", CommentedMap())]), exists=False,
-                       readonly=readonly)
+            if readonly:
+                return cls(p, {"version": SCHEMA_VERSION, "hosts": {}}, exists=False, readonly=True)
+            from ruamel.yaml.comments import CommentedMap
+
+            return cls(p, CommentedMap([("version", SCHEMA_VERSION), ("hosts", CommentedMap())]), exists=False)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as e:
@@ -225,6 +231,9 @@ class Inventory:
 
     @classmethod
     def from_text(cls, text: str, path: Path | str = "<inventory>") -> "Inventory":
+        from ruamel.yaml.comments import CommentedMap
+        from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
         p = Path(path)
         try:
             doc = _yaml().load(text)
@@ -277,7 +286,7 @@ class Inventory:
             ids[host.id] = name
             self.hosts[name] = host
 
-    def _mapping(self, doc: CommentedMap, key: str, allowed: set[str] | None) -> dict[str, Any]:
+    def _mapping(self, doc: dict, key: str, allowed: set[str] | None) -> dict[str, Any]:
         val = doc.get(key)
         if val is None:
             return {}
@@ -300,7 +309,7 @@ class Inventory:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
                 raise self._err(f"settings.{k} must be a positive number of seconds, not {v!r}", self._doc, "settings")
 
-    def _parse_host(self, name: Any, raw: Any, hosts: CommentedMap) -> Host:
+    def _parse_host(self, name: Any, raw: Any, hosts: dict) -> Host:
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise self._err(f"invalid host name {name!r}", hosts, name)
         if not isinstance(raw, dict):
@@ -382,7 +391,9 @@ class Inventory:
         for other in self.hosts.values():
             if other.id == host.id and other.name != host.name:
                 raise ConflictError(f"id {host.id!r} of {host.name!r} clashes with {other.name!r}")
-        hosts: CommentedMap = self._doc["hosts"]
+        from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+        hosts = self._doc["hosts"]
         new = host.name not in hosts
         data = host.to_mapping(self.defaults)
         if new:
