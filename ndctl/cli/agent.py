@@ -260,3 +260,7 @@ def _print_facts(host: Host, f: Facts) -> None:
     cons = [(c.get("id"), c.get("name"), c.get("image"), c.get("state"), c.get("status")) for c in f.containers]
     if cons:
         output.table(["CONTAINER", "NAME", "IMAGE", "STATE", "STATUS"], cons)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="agent")

@@ -68,3 +68,7 @@ def exec_command(
         output.summary(result)
     if not result.ok:
         raise typer.Exit(int(result.exit_status()))
+
+
+def register(root: typer.Typer) -> None:
+    root.command("exec", context_settings={"allow_interspersed_args": False})(exec_command)

@@ -124,3 +124,7 @@ def demo(hosts: int = typer.Option(3, "--hosts", "-n", min=2, max=20),
         output.stdout.print(f"\nThe sandbox keeps running. Try: NDCTL_INVENTORY={env['NDCTL_INVENTORY']} "
                             f"NDCTL_SSH_CONFIG={env['NDCTL_SSH_CONFIG']} ndctl agent list\n"
                             "Remove it with: ndctl sandbox down --yes")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="sandbox")
