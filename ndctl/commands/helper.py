@@ -21,12 +21,15 @@ _PREAMBLE = (
     "(Debian/Ubuntu: apt-get install python3)' >&2; exit 127; fi; "
 )
 
+# The helper is stdlib-only, so it runs with -I -S (no site-packages, no user
+# environment): about half of python3's start-up, and nothing from the host's
+# Python environment can change what it does.
 # A login that cannot write the system directory (non-root without sudo)
 # keeps its helper under $HOME/.cache instead: not ~/.nextdeploy, which is where
 # the controller keeps its inventory when the host is also a controller.
 _RUN = _PREAMBLE + (
     'for d in "$dir" "$HOME/.cache/nextdeploy"; do f="$d/helper-$hash.py"; '
-    'if [ -s "$f" ]; then exec python3 "$f" "$@"; fi; done; exit 199'
+    'if [ -s "$f" ]; then exec python3 -I -S "$f" "$@"; fi; done; exit 199'
 )
 
 # The upload is verified against its hash before it is moved into place: a
@@ -39,10 +42,10 @@ _UPLOAD = _PREAMBLE + (
     'size="$1"; shift; d="$dir"; if ! { mkdir -p -m 0755 "$d" 2>/dev/null && [ -w "$d" ]; }; then '
     'd="$HOME/.cache/nextdeploy"; mkdir -p -m 0700 "$d" || exit 198; fi; '
     'f="$d/helper-$hash.py"; t="$f.$$.tmp"; '
-    'if ! { head -c "$size" > "$t" && python3 -c "$0" "$t" "$hash" && chmod 0644 "$t" && mv -f "$t" "$f"; }; '
+    'if ! { head -c "$size" > "$t" && python3 -I -S -c "$0" "$t" "$hash" && chmod 0644 "$t" && mv -f "$t" "$f"; }; '
     'then rm -f "$t"; '
     "echo \"ndctl: uploading the helper to $d failed (short or corrupt upload)\" >&2; exit 198; fi; "
-    'exec python3 "$f" "$@"'
+    'exec python3 -I -S "$f" "$@"'
 )
 
 

@@ -35,7 +35,7 @@ def test_helper_run_argv_passes_values_as_positional_parameters() -> None:
     assert argv[:2] == ["sh", "-c"]
     assert argv[3:] == ["ndctl-helper", "/var/lib/nextdeploy", "abc123", "facts"]
     assert "/var/lib/nextdeploy" not in argv[2]  # the script never embeds a value
-    assert 'exec python3 "$f" "$@"' in argv[2]
+    assert 'exec python3 -I -S "$f" "$@"' in argv[2]
     assert "exit 199" in argv[2] and helper.MISSING == 199
 
 
