@@ -10,9 +10,14 @@ Subcommands (each prints ONE JSON document on stdout):
     version                         {"helper_version", "python"}
     facts                           host facts (hardware, OS, Docker, containers)
     metrics [--interval SECONDS]    CPU/memory/disk usage and per-container usage
+    health (--address IP | --container NAME [--network NET]) --port PORT [--path PATH]
+           [--host HOST] [--expect 200-399] [--timeout S] [--interval S] [--successes N]
+           [--failures N] [--start-period S] [--deadline S]
+                                    HTTP health check of an app container:
+                                    {"ok", "status_history", "consecutive", "elapsed", ...}
 
 Exit statuses: 0 success, 1 runtime error, 2 usage error (unknown subcommand or
-bad argument).  On error the JSON document is ``{"error": "...", "kind": "..."}``.
+bad argument), 3 health check failed (its result document is still printed).  On error the JSON document is ``{"error": "...", "kind": "..."}``.
 A Docker engine that cannot be reached is not an error: ``docker.error`` (facts)
 or ``docker_error`` (metrics) says why.
 
@@ -29,6 +34,16 @@ Notes on the output:
   second, so with running containers the real window (``window_seconds``) is
   about 1 s and the command takes 1-2 s whatever ``--interval`` says; without
   running containers it takes ``--interval`` plus start-up.
+
+Health check: GET http://ADDRESS:PORT/PATH from the host (the container's
+address on its Docker network, given or looked up in the engine), redirects
+never followed (a 301 is its own status). Probes start at once, one every
+``--interval`` seconds, each bounded by ``--timeout``; the check passes after
+``--successes`` consecutive expected statuses, and fails at ``--deadline``, or
+early after ``--failures`` consecutive unexpected HTTP statuses once the
+``--start-period`` is over (a wrong path or a redirect the check does not
+expect will not fix itself; refused connections during boot never fail early),
+or at once when the named container has exited.
 
 Compatibility: python3 >= 3.6 (Debian 11+, Ubuntu 20.04+, RHEL 8+), amd64 and
 arm64.  Keep it that way: no walrus, no dataclasses, no ``match``, no
@@ -952,10 +967,254 @@ def cmd_metrics(args):
     }
 
 
+# ---------------------------------------------------------------------------
+# health: HTTP probes of an app container, from the host
+# ---------------------------------------------------------------------------
+
+UNHEALTHY = 3  # exit status of a failed health check
+HEALTH_HISTORY = 10  # probe results kept in the output
+MAX_DEADLINE = 3600.0
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+
+
+def parse_status_spec(spec):
+    """"200-399" / "200,204" / "200-299,301" -> [(low, high), ...]; HelperError (usage) if invalid."""
+    ranges = []
+    text = (spec or "").strip()
+    if not text:
+        raise HelperError("--expect: empty status list", kind="usage", exit_code=2)
+    for part in text.split(","):
+        part = part.strip()
+        low, sep, high = part.partition("-")
+        try:
+            lo = int(low.strip())
+            hi = int(high.strip()) if sep else lo
+        except ValueError:
+            raise HelperError("--expect: not a status or range: %r" % part, kind="usage", exit_code=2)
+        if not (100 <= lo <= 599 and 100 <= hi <= 599) or lo > hi:
+            raise HelperError("--expect: statuses are 100-599, low before high: %r" % part,
+                              kind="usage", exit_code=2)
+        ranges.append((lo, hi))
+    return ranges
+
+
+def status_expected(status, ranges):
+    return status is not None and any(lo <= status <= hi for lo, hi in ranges)
+
+
+def _bad_header_text(value):
+    return any(ord(c) < 33 or ord(c) == 127 for c in value)
+
+
+HEALTH_DEFAULTS = {
+    "address": None, "container": None, "network": "nextdeploy", "port": None, "path": "/",
+    "host": None, "expect": "200-399", "timeout": 2.0, "interval": 1.0, "successes": 2,
+    "failures": 3, "start_period": 0.0, "deadline": 60.0,
+}
+_HEALTH_FLOATS = {"timeout": (0.001, MAX_DEADLINE), "interval": (0.0, MAX_DEADLINE),
+                  "start_period": (0.0, MAX_DEADLINE), "deadline": (0.001, MAX_DEADLINE)}
+_HEALTH_INTS = {"port": (1, 65535), "successes": (1, 1000), "failures": (0, 1000)}
+
+
+def parse_health_args(args):
+    """Command-line words -> options dict (see HEALTH_DEFAULTS); HelperError (usage) if invalid."""
+    opts = dict(HEALTH_DEFAULTS)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise HelperError("unexpected argument for health: %s" % arg, kind="usage", exit_code=2)
+        name, sep, value = arg[2:].partition("=")
+        key = name.replace("-", "_")
+        if key not in HEALTH_DEFAULTS:
+            raise HelperError("unknown option for health: --%s" % name, kind="usage", exit_code=2)
+        if not sep:
+            if i + 1 >= len(args):
+                raise HelperError("--%s needs a value" % name, kind="usage", exit_code=2)
+            value = args[i + 1]
+            i += 1
+        i += 1
+        if key in _HEALTH_FLOATS:
+            lo, hi = _HEALTH_FLOATS[key]
+            try:
+                num = float(value)
+            except ValueError:
+                raise HelperError("--%s: not a number: %s" % (name, value), kind="usage", exit_code=2)
+            if not (lo <= num <= hi):
+                raise HelperError("--%s must be between %g and %g seconds" % (name, lo, hi),
+                                  kind="usage", exit_code=2)
+            opts[key] = num
+        elif key in _HEALTH_INTS:
+            lo, hi = _HEALTH_INTS[key]
+            try:
+                num = int(value)
+            except ValueError:
+                raise HelperError("--%s: not an integer: %s" % (name, value), kind="usage", exit_code=2)
+            if not (lo <= num <= hi):
+                raise HelperError("--%s must be between %d and %d" % (name, lo, hi), kind="usage", exit_code=2)
+            opts[key] = num
+        else:
+            opts[key] = value
+    if (opts["address"] is None) == (opts["container"] is None):
+        raise HelperError("health needs exactly one of --address or --container", kind="usage", exit_code=2)
+    if opts["port"] is None:
+        raise HelperError("health needs --port", kind="usage", exit_code=2)
+    if opts["address"] is not None:
+        import ipaddress
+        try:
+            ipaddress.ip_address(opts["address"])
+        except ValueError:
+            raise HelperError("--address: not an IP address: %s" % opts["address"], kind="usage", exit_code=2)
+    for key in ("container", "network"):
+        v = opts[key]
+        if v is not None and (not v or not all(c in _NAME_CHARS for c in v) or v[0] in "_.-"):
+            raise HelperError("--%s: not a Docker name: %r" % (key, v), kind="usage", exit_code=2)
+    if not opts["path"].startswith("/") or _bad_header_text(opts["path"]):
+        raise HelperError("--path must start with / and contain no spaces or control characters: %r"
+                          % opts["path"], kind="usage", exit_code=2)
+    if opts["host"] is not None and (not opts["host"] or _bad_header_text(opts["host"])):
+        raise HelperError("--host: not a valid Host header: %r" % opts["host"], kind="usage", exit_code=2)
+    opts["expect_ranges"] = parse_status_spec(opts["expect"])
+    return opts
+
+
+def _host_port(address, port):
+    return ("[%s]:%d" if ":" in address else "%s:%d") % (address, port)
+
+
+def probe_http(address, port, path, host, timeout):
+    """One GET without following redirects -> (status or None, error or None, latency seconds)."""
+    import http.client
+
+    started = time.monotonic()
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host or _host_port(address, port))
+        conn.putheader("User-Agent", "ndctl-health/%s" % VERSION)
+        conn.putheader("Accept", "*/*")
+        conn.putheader("Connection", "close")
+        conn.endheaders()
+        resp = conn.getresponse()
+        latency = time.monotonic() - started
+        try:
+            resp.read(65536)  # a polite read; the status is what counts
+        except Exception:
+            pass
+        return resp.status, None, latency
+    except socket.timeout:
+        return None, "timed out after %gs" % timeout, time.monotonic() - started
+    except ConnectionRefusedError:
+        return None, "connection refused", time.monotonic() - started
+    except (OSError, IOError) as e:
+        return None, (e.strerror or str(e) or type(e).__name__), time.monotonic() - started
+    except Exception as e:  # http.client.HTTPException: not an HTTP answer
+        return None, "bad HTTP answer: %s" % (str(e) or type(e).__name__), time.monotonic() - started
+    finally:
+        conn.close()
+
+
+def container_address(doc, network):
+    """Engine's /containers/NAME/json -> (address or None, exited: None or a reason)."""
+    state = (doc or {}).get("State") or {}
+    status = state.get("Status")
+    if status in ("exited", "dead", "removing"):
+        return None, "container exited (status %s, exit code %s)" % (status, state.get("ExitCode"))
+    nets = ((doc or {}).get("NetworkSettings") or {}).get("Networks") or {}
+    addr = (nets.get(network) or {}).get("IPAddress") or None
+    return addr, None
+
+
+def _inspect_container(name, network):
+    try:
+        doc = docker_get(docker_socket_path(), "/containers/%s/json" % name)
+    except DockerError as e:
+        return None, None, str(e)
+    addr, exited = container_address(doc, network)
+    return addr, exited, None
+
+
+def run_health(opts, probe=probe_http, clock=time.monotonic, sleep=time.sleep, inspect=_inspect_container):
+    """The probe loop; ``probe``, ``clock``, ``sleep`` and ``inspect`` are injectable for tests."""
+    start = clock()
+    deadline = start + opts["deadline"]
+    ranges = opts["expect_ranges"]
+    history = []
+    consecutive = 0
+    unexpected = 0
+    probes = 0
+    address = opts["address"]
+    reason = None
+    ok = False
+    while True:
+        t0 = clock()
+        status, error, latency = None, None, 0.0
+        inspected = address is None
+        if inspected:
+            address, exited, error = inspect(opts["container"], opts["network"])
+            if exited:
+                reason = exited
+            elif address is None and error is None:
+                error = "container has no address on network %s" % opts["network"]
+        if reason is None and address is not None:
+            budget = max(0.05, min(opts["timeout"], deadline - t0))
+            status, error, latency = probe(address, opts["port"], opts["path"], opts["host"], budget)
+        if reason is None:
+            probes += 1
+            good = status_expected(status, ranges)
+            history.append({"at": round(t0 - start, 3), "status": status, "error": error,
+                            "latency": round(latency, 4), "ok": good})
+            del history[:-HEALTH_HISTORY]
+            if good:
+                consecutive += 1
+                unexpected = 0
+            else:
+                consecutive = 0
+                if status is not None and t0 - start >= opts["start_period"]:
+                    unexpected += 1
+                elif status is None and opts["container"] is not None and not inspected:
+                    # a refused probe: did the container die? (then waiting is pointless)
+                    addr2, exited, _ = inspect(opts["container"], opts["network"])
+                    if exited:
+                        reason = exited
+                    elif addr2:
+                        address = addr2
+            if consecutive >= opts["successes"]:
+                ok = True
+            elif opts["failures"] and unexpected >= opts["failures"]:
+                reason = "%d consecutive unexpected HTTP statuses (expected %s), last %s" % (
+                    unexpected, opts["expect"], status)
+        if ok or reason is not None:
+            break
+        next_at = t0 + opts["interval"]
+        if next_at >= deadline:
+            reason = "deadline of %gs passed with %d/%d consecutive successes" % (
+                opts["deadline"], consecutive, opts["successes"])
+            break
+        pause = next_at - clock()
+        if pause > 0:
+            sleep(pause)
+    return {
+        "ok": ok,
+        "reason": reason,
+        "status_history": history,
+        "consecutive": consecutive,
+        "probes": probes,
+        "elapsed": round(clock() - start, 3),
+        "address": address,
+        "url": "http://%s%s" % (_host_port(address, opts["port"]), opts["path"]) if address else None,
+    }
+
+
+def cmd_health(args):
+    return run_health(parse_health_args(args))
+
+
 COMMANDS = {
     "version": cmd_version,
     "facts": cmd_facts,
     "metrics": cmd_metrics,
+    "health": cmd_health,
 }
 
 
@@ -983,6 +1242,8 @@ def main(argv):
         _emit({"error": "%s: %s" % (type(e).__name__, e), "kind": "internal"})
         return 1
     _emit(doc)
+    if argv[0] == "health" and not doc.get("ok"):
+        return UNHEALTHY
     return 0
 
 

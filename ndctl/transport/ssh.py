@@ -20,7 +20,7 @@ import os
 import random
 import shlex
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -394,6 +394,130 @@ class Runner:
         return HostResult(host.name, Status.OK if code == 0 else Status.FAILED, code, "".join(out), "".join(err),
                           time.monotonic() - started)
 
+    async def run_stream(
+        self,
+        host: Host,
+        argv: Sequence[str],
+        source: AsyncIterator[bytes],
+        *,
+        timeout: float | None = None,
+    ) -> HostResult:
+        """Run one argv on one host with its stdin streamed from ``source`` (chunks of bytes).
+
+        A chunk is written and drained before the next is pulled, so memory stays
+        bounded by the SSH window and a slow host slows down its own source. EOF is
+        sent only after ``source`` is exhausted; if ``source`` raises, the channel
+        is closed without EOF (the command sees its input cut short) and the result
+        is a failure naming the cause. If the command stops reading (it exited), the
+        rest of ``source`` is not consumed. ``source`` is always closed (``aclose``)
+        on return. Like :meth:`run`, never raises for remote failures; ``value`` is
+        ``{"stdin_bytes": N}``, the bytes handed to the channel.
+        """
+        started = time.monotonic()
+        try:
+            try:
+                c = await self.connect(host)
+            except NdctlError as e:
+                return _unreachable(host, e, started)
+            command = shlex.join(argv)
+            timeout = timeout if timeout is not None else self.opts.command_timeout
+            attempts = max(1, self.opts.channel_attempts)
+            reconnected = False
+            for attempt in range(attempts):
+                if c.conn.is_closed() and not reconnected:
+                    self._conns.pop(host.name, None)
+                    reconnected = True
+                    try:
+                        c = await self.connect(host)
+                    except NdctlError as e:
+                        return _unreachable(host, e, started)
+                try:
+                    async with c.channels:
+                        proc = await c.conn.create_process(command, encoding=None)
+                        return await self._collect_stream(host, proc, source, timeout, started)
+                except asyncssh.ChannelOpenError as e:
+                    if c.conn.is_closed() and not reconnected:
+                        continue
+                    if attempt == attempts - 1:
+                        return HostResult(host.name, Status.FAILED, None, "", "", time.monotonic() - started,
+                                          error=f"channel open refused: {e.reason}")
+                    await asyncio.sleep(0.1 * 2**attempt + random.uniform(0, 0.1))
+                except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as e:
+                    self._conns.pop(host.name, None)
+                    return _unreachable(host, HostUnreachable(f"connection to {host.name} lost: {_describe(e)}"),
+                                        started)
+            raise AssertionError("unreachable")
+        finally:
+            await _aclose(source)
+
+    async def _collect_stream(self, host: Host, proc: asyncssh.SSHClientProcess, source: AsyncIterator[bytes],
+                              timeout: float | None, started: float) -> HostResult:
+        out = bytearray()
+        err = bytearray()
+        sent = 0
+        source_error: list[BaseException] = []
+
+        async def feed() -> None:
+            nonlocal sent
+            try:
+                async for chunk in source:
+                    if not chunk:
+                        continue
+                    proc.stdin.write(chunk)
+                    await proc.stdin.drain()
+                    sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError, asyncssh.ConnectionLost, asyncssh.DisconnectError):
+                return  # the command stopped reading (exited) or the connection dropped: the result says which
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the source failed: never send EOF, the command must not see a clean end
+                source_error.append(e)
+                proc.close()
+                return
+            try:
+                proc.stdin.write_eof()
+            except (OSError, asyncssh.Error):
+                pass
+
+        async def pump(stream: Any, sink: bytearray) -> None:
+            while chunk := await stream.read(65536):
+                sink.extend(chunk)
+
+        async def body() -> None:
+            feeder = asyncio.ensure_future(feed())
+            try:
+                await asyncio.gather(pump(proc.stdout, out), pump(proc.stderr, err))
+                await proc.wait_closed()
+            finally:
+                if not feeder.done():
+                    feeder.cancel()  # the command ended without reading everything
+                await asyncio.gather(feeder, return_exceptions=True)
+
+        def result(status: Status, code: int | None, error: str | None = None) -> HostResult:
+            return HostResult(host.name, status, code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                              time.monotonic() - started, error=error, value={"stdin_bytes": sent})
+
+        try:
+            await asyncio.wait_for(body(), timeout)
+        except asyncio.TimeoutError:
+            try:
+                proc.terminate()
+            except (OSError, asyncssh.Error):
+                pass
+            proc.close()
+            return result(Status.FAILED, TIMEOUT_EXIT, f"timed out after {timeout:g}s")
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as e:
+            self._conns.pop(host.name, None)
+            return result(Status.FAILED, None, f"connection lost while the command ran: {_describe(e)}")
+        if source_error:
+            return result(Status.FAILED, proc.exit_status, f"input stream failed: {_describe(source_error[0])}")
+        code = proc.exit_status
+        if code is None or code < 0:
+            why = (f"killed by signal {proc.exit_signal[0]}" if proc.exit_signal
+                   else "ended without an exit status (connection lost while it ran?)")
+            return result(Status.FAILED, code, why)
+        return result(Status.OK if code == 0 else Status.FAILED, code)
+
     async def fan_out(self, hosts: Iterable[Host], fn: Callable[[Host], Awaitable[HostResult]],
                       forks: int | None = None) -> GroupResult:
         """Run ``fn`` for every host, at most ``forks`` at once; results keep the host order."""
@@ -433,6 +557,15 @@ def _host_key_algs(trusted: list[asyncssh.SSHKey]) -> list[str]:
 def _unreachable(host: Host, e: NdctlError, started: float) -> HostResult:
     return HostResult(host.name, Status.UNREACHABLE, None, "", "", time.monotonic() - started,
                       error=str(e), exit_status=e.exit_status)
+
+
+async def _aclose(source: Any) -> None:
+    close = getattr(source, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # closing a failed source must not hide the result
+            pass
 
 
 def _describe(e: BaseException | None) -> str:
