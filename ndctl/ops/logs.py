@@ -1,0 +1,72 @@
+"""``ndctl logs``: an app's container logs from many hosts, merged, following across deploys."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Callable
+
+from ndctl.commands import docker
+from ndctl.commands.shell import with_sudo
+from ndctl.core.inventory import Host
+from ndctl.core.results import GroupResult, HostResult, Status
+from ndctl.transport.ssh import Runner
+
+LineCallback = Callable[[str, str, str, str], None]  # (host, version, stream, line)
+
+
+def parse_containers(text: str) -> list[dict]:
+    """``docker container inspect`` lines (docker.INSPECT_FORMAT) -> dicts, skipping blank lines."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+async def app_containers(runner: Runner, host: Host, app: str) -> tuple[HostResult, list[dict]]:
+    r = await runner.run(host, with_sudo(docker.list_app_containers(app), sudo=host.sudo, user=host.user))
+    if not r.ok:
+        return r, []
+    try:
+        return r, parse_containers(r.stdout)
+    except ValueError as e:
+        r.status, r.error = Status.FAILED, f"unreadable container list: {e}"
+        return r, []
+
+
+async def stream_logs(runner: Runner, hosts: list[Host], app: str, on_line: LineCallback, *,
+                      follow: bool = False, since: str | None = None, tail: int | str | None = None,
+                      timestamps: bool = False, poll_interval: float = 2.0) -> GroupResult:
+    """Logs of the app's running containers on every host.
+
+    With ``follow`` it keeps polling for containers that appear later (a deploy's
+    green) and follows each from its own start, so a switch never loses lines;
+    followers of stopped containers end by themselves. Runs until cancelled.
+    """
+
+    async def per_host(h: Host) -> HostResult:
+        followed: dict[str, asyncio.Task] = {}
+        first = True
+        while True:
+            r, containers = await app_containers(runner, h, app)
+            if not r.ok:
+                return r
+            running = [c for c in containers if c.get("running")]
+            if first and not running and not follow:
+                return HostResult(h.name, Status.OK, 0, error=None)
+            for c in running:
+                name = c["name"].lstrip("/")
+                if name in followed:
+                    continue
+                version = (c.get("labels") or {}).get(docker.LABEL_VERSION, "?")
+                # A container that appeared after we started: from its own start, not from `tail`.
+                start_since = since if first else c.get("started_at")
+                argv = docker.logs(name, follow=follow, since=start_since,
+                                   tail=tail if first else None, timestamps=timestamps)
+                followed[name] = asyncio.create_task(runner.run(
+                    h, with_sudo(argv, sudo=h.sudo, user=h.user),
+                    on_output=lambda _h, stream, line, v=version: on_line(h.name, v, stream, line)))
+            first = False
+            if not follow:
+                results = await asyncio.gather(*followed.values())
+                bad = [x for x in results if not x.ok]
+                return bad[0] if bad else HostResult(h.name, Status.OK, 0)
+            await asyncio.sleep(poll_interval)
+
+    return await runner.fan_out(hosts, per_host, forks=len(hosts) or 1)
