@@ -1,0 +1,220 @@
+"""Builders (argv lists) for the reverse proxy on a host.
+
+Values travel as positional parameters of fixed ``sh -c`` scripts, never
+spliced into shell syntax. The proxy container ``nextdeploy-proxy`` sees the
+host's ``/var/lib/nextdeploy/proxy`` read-only at ``/etc/nextdeploy/proxy``;
+configs are written next to the live one and renamed into place, so the proxy
+never reads a half-written file.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ndctl.core.proxy import (
+    CONFIG_FILES,
+    CONTAINER_DIR,
+    NETWORK,
+    PROXY_CONTAINER,
+    PROXY_DIR,
+    check_app,
+    check_kind,
+    config_name,
+)
+
+Argv = list[str]
+
+#: exit statuses of the commit script
+CAS_MISMATCH = 75  # the route files changed since they were read: read again and retry
+LOCK_TIMEOUT = 73
+INVALID = 65  # the proxy refused the new config; nothing was changed
+RELOAD_FAILED = 70  # the reload failed; the previous config and route file were restored
+
+LABEL_ROLE = "com.nextdeploy.role"
+LABEL_KIND = "com.nextdeploy.proxy-kind"
+
+# Shared by the read and the commit scripts: the commit compares a hash of this
+# exact output with the one the controller rendered from (compare-and-swap).
+# A JSON document's newlines are insignificant whitespace, so each file is one line.
+_LIST_ROUTES = (
+    'list_routes() { for f in "$1"/routes/*.json; do [ -f "$f" ] || continue; '
+    "printf 'route %s ' \"${f##*/}\"; tr '\\n' ' ' < \"$f\"; echo; done; }; "
+)
+
+
+def container_config_path(kind: str, name: str | None = None) -> str:
+    return f"{CONTAINER_DIR}/{name or config_name(kind)}"
+
+
+def network_create_argv(network: str = NETWORK) -> Argv:
+    return ["docker", "network", "create", "--label", f"{LABEL_ROLE}=network", network]
+
+
+def network_remove_argv(network: str = NETWORK) -> Argv:
+    return ["docker", "network", "rm", network]
+
+
+def inspect_argv(proxy_dir: str = PROXY_DIR, container: str = PROXY_CONTAINER, network: str = NETWORK) -> Argv:
+    """One round trip: network, proxy container, config files, route files.
+
+    Prints ``network yes|no``, ``container absent`` or ``container <status> <kind label> <image>``,
+    ``config <file> <sha256>`` per existing config, then the route listing.
+    """
+    script = _LIST_ROUTES + (
+        'd=$1; c=$2; n=$3; '
+        'if docker network inspect "$n" >/dev/null 2>&1; then echo "network yes"; else echo "network no"; fi; '
+        'st=$(docker container inspect -f '
+        "'{{.State.Status}} {{index .Config.Labels \"" + LABEL_KIND + "\"}} {{.Config.Image}}'"
+        ' "$c" 2>/dev/null) && echo "container $st" || echo "container absent"; '
+        + _READ_CONFIGS + 'list_routes "$d"'
+    )
+    return ["sh", "-c", script, "ndctl-proxy-inspect", proxy_dir, container, network]
+
+
+_READ_CONFIGS = (
+    'for k in ' + " ".join(sorted(CONFIG_FILES.values())) + '; do if [ -f "$d/$k" ]; then '
+    'printf "config %s %s\\n" "$k" "$(sha256sum < "$d/$k" | cut -c1-64)"; fi; done; '
+)
+
+
+def read_state_argv(proxy_dir: str = PROXY_DIR) -> Argv:
+    """``config <file> <sha256>`` per existing config, then ``route <file> <json>`` per route file."""
+    return ["sh", "-c", _LIST_ROUTES + 'd=$1; ' + _READ_CONFIGS + 'list_routes "$d"', "ndctl-proxy-read", proxy_dir]
+
+
+def write_file_argv(path: str, mode: str = "0644") -> Argv:
+    """Write stdin to ``path`` atomically (temporary file in the same directory, then rename)."""
+    script = ('f=$1; m=$2; dir=${f%/*}; t="$dir/.${f##*/}.tmp.$$"; '
+              'mkdir -p -m 0755 "$dir" && cat > "$t" && chmod "$m" "$t" && mv -f "$t" "$f" '
+              '|| { rm -f "$t"; exit 1; }')
+    return ["sh", "-c", script, "ndctl-write", path, mode]
+
+
+def mkdirs_argv(proxy_dir: str = PROXY_DIR) -> Argv:
+    return ["mkdir", "-p", "-m", "0755", f"{proxy_dir}/routes"]
+
+
+def run_proxy_argv(kind: str, image: str, *, ports: Sequence[int] = (80, 443), proxy_dir: str = PROXY_DIR,
+                   container: str = PROXY_CONTAINER, network: str = NETWORK) -> Argv:
+    """``docker run`` of the proxy. Only the HTTP(S) ports are published: Caddy's admin API
+    (localhost:2019 in the container's own network namespace) is reachable only by ``docker exec``."""
+    check_kind(kind)
+    argv = ["docker", "run", "-d", "--name", container, "--network", network, "--restart", "unless-stopped",
+            "--label", f"{LABEL_ROLE}=proxy", "--label", f"{LABEL_KIND}={kind}"]
+    for p in ports:
+        if not isinstance(p, int) or not 1 <= p <= 65535:
+            raise ValueError(f"port {p!r} is not a number from 1 to 65535")
+        argv += ["-p", f"{p}:{p}"]
+    argv += ["-v", f"{proxy_dir}:{CONTAINER_DIR}:ro", image]
+    if kind == "caddy":
+        return argv + ["caddy", "run", "--config", container_config_path(kind)]
+    return argv + ["nginx", "-c", container_config_path(kind), "-g", "daemon off;"]
+
+
+def start_argv(container: str = PROXY_CONTAINER) -> Argv:
+    return ["docker", "start", container]
+
+
+def remove_container_argv(container: str = PROXY_CONTAINER) -> Argv:
+    return ["docker", "rm", "-f", container]
+
+
+def validate_argv(kind: str, config_path: str | None = None, container: str = PROXY_CONTAINER) -> Argv:
+    """Check a config inside the proxy container (path as the container sees it)."""
+    path = config_path or container_config_path(kind)
+    if check_kind(kind) == "caddy":
+        return ["docker", "exec", container, "caddy", "validate", "--config", path]
+    return ["docker", "exec", container, "nginx", "-t", "-q", "-c", path]
+
+
+def reload_argv(kind: str, config_path: str | None = None, container: str = PROXY_CONTAINER) -> Argv:
+    """Graceful reload. Caddy's is atomic and synchronous: the new config is provisioned
+    in full before it replaces the old one, which keeps serving if it fails. nginx's is a
+    signal to the master (run ``validate_argv`` first): new workers take new connections,
+    old ones finish theirs within ``worker_shutdown_timeout``."""
+    path = config_path or container_config_path(kind)
+    if check_kind(kind) == "caddy":
+        return ["docker", "exec", container, "caddy", "reload", "--config", path]
+    return ["docker", "exec", container, "nginx", "-c", path, "-s", "reload"]
+
+
+def wait_ready_argv(kind: str, container: str = PROXY_CONTAINER, attempts: int = 100) -> Argv:
+    """Poll (every 0.1 s) until the proxy serves its config; show its log if it died.
+
+    Caddy: a reload of the unchanged config succeeds once the admin API is up.
+    nginx: a worker process exists (the master starts them after binding its listeners);
+    seen with ``docker top`` because the image may hold nothing but nginx.
+    """
+    probe = (reload_argv(kind, container=container) if kind == "caddy"
+             else ["sh", "-c", 'docker top "$1" -eo pid,args | grep -q " nginx: worker process$"', "ndctl-probe",
+                   container])
+    script = ('c=$1; n=$2; shift 2; i=0; while [ "$i" -lt "$n" ]; do '
+              '"$@" >/dev/null 2>&1 && exit 0; '
+              'if [ "$(docker container inspect -f "{{.State.Running}}" "$c" 2>/dev/null)" != true ]; then '
+              'echo "ndctl: the proxy container $c is not running; its last log lines:" >&2; '
+              'docker logs --tail 20 "$c" >&2; exit 1; fi; '
+              'sleep 0.1; i=$((i+1)); done; '
+              'echo "ndctl: the proxy container $c did not become ready; its last log lines:" >&2; '
+              'docker logs --tail 20 "$c" >&2; exit 1')
+    return ["sh", "-c", script, "ndctl-proxy-wait", container, str(attempts), *probe]
+
+
+_COMMIT = _LIST_ROUTES + (
+    'd=$1; kind=$2; app=$3; want=$4; route=$5; c=$6; cd_=$7; '
+    'case $kind in caddy) conf=caddy.json;; nginx) conf=nginx.conf;; *) echo "ndctl: bad kind $kind" >&2; exit 2;; esac; '
+    'mkdir -p -m 0755 "$d/routes" || exit 1; '
+    # Serialise commits of different apps on this host (flock is util-linux on Debian, an applet in busybox).
+    'if command -v flock >/dev/null 2>&1; then exec 9>"$d/.lock"; '
+    'flock -w 60 9 || { echo "ndctl: timed out waiting for the proxy config lock $d/.lock" >&2; exit 73; }; fi; '
+    'got=$(list_routes "$d" | sha256sum | cut -c1-64); '
+    '[ "$got" = "$want" ] || { echo "ndctl: the route files changed meanwhile" >&2; exit 75; }; '
+    'new="$d/.$conf.new"; rf="$d/routes/$app.json"; bak="$d/.$app.json.bak"; '
+    'cat > "$new" && chmod 0644 "$new" || { rm -f "$new"; exit 1; }; '
+    'if [ "$kind" = caddy ]; then '
+    # Caddy's reload is the validation: an invalid config is refused and the old one keeps serving.
+    '  if ! docker exec "$c" caddy reload --config "$cd_/.$conf.new" >&2; then rm -f "$new"; exit 65; fi; '
+    '  mv -f "$new" "$d/$conf" || exit 1; '
+    'else '
+    '  if ! docker exec "$c" nginx -t -q -c "$cd_/.$conf.new" >&2; then rm -f "$new"; exit 65; fi; '
+    '  [ -f "$d/$conf" ] && cp -p "$d/$conf" "$d/.$conf.bak"; '
+    '  mv -f "$new" "$d/$conf" || exit 1; '
+    # nginx reloads asynchronously (a signal to the master): wait until every worker that
+    # accepts connections is a new one, so traffic is switched when this returns.
+    '  workers() { docker top "$c" -eo pid,args 2>/dev/null | '
+    "awk '$2==\"nginx:\" && $3==\"worker\" && $4==\"process\" && NF==4 {print $1}' | tr '\\n' ' '; }; "
+    '  old=$(workers); '
+    '  if ! docker exec "$c" nginx -c "$cd_/$conf" -s reload >&2; then '
+    '    [ -f "$d/.$conf.bak" ] && mv -f "$d/.$conf.bak" "$d/$conf"; exit 70; fi; '
+    '  rm -f "$d/.$conf.bak"; i=0; while [ "$i" -lt 200 ]; do cur=$(workers); fresh=${cur:+yes}; '
+    '    for p in $cur; do case " $old " in *" $p "*) fresh=;; esac; done; '
+    '    [ -n "$fresh" ] && break; sleep 0.025; i=$((i+1)); done; '
+    '  [ -n "$fresh" ] || echo "ndctl: warning: nginx workers did not turn over within 5 s" >&2; '
+    'fi; '
+    'if [ -n "$route" ]; then t="$d/routes/.$app.json.tmp"; '
+    '  printf "%s\\n" "$route" > "$t" && chmod 0644 "$t" && mv -f "$t" "$rf" || { rm -f "$t"; exit 1; }; '
+    'else rm -f "$rf"; fi'
+)
+
+
+def commit_argv(kind: str, app: str, expected: str, route_json: str | None, *, proxy_dir: str = PROXY_DIR,
+                container: str = PROXY_CONTAINER) -> Argv:
+    """Apply a rendered config (on stdin) and the app's route file, under the host's proxy lock.
+
+    ``expected``: sha256 of the route listing the config was rendered from; if the route
+    files changed since (another app's deploy), nothing is done and the exit status is
+    ``CAS_MISMATCH``. The config is validated by the proxy before it goes live (status
+    ``INVALID`` otherwise); the route file is written last, once the proxy serves the new
+    config. ``route_json`` None removes the app's route.
+    """
+    check_kind(kind)
+    check_app(app)
+    route = "" if route_json is None else route_json.strip()
+    if "\n" in route:
+        raise ValueError("route_json must be one line")
+    return ["sh", "-c", _COMMIT, "ndctl-proxy-commit", proxy_dir, kind, app, expected, route, container,
+            CONTAINER_DIR]
+
+
+def remove_state_argv(proxy_dir: str = PROXY_DIR) -> Argv:
+    """Delete the proxy's config and routes (refuses any directory not ending in ``nextdeploy/proxy``)."""
+    return ["sh", "-c", 'case "$1" in */nextdeploy/proxy) ;; *) echo "ndctl: refusing to remove $1" >&2; exit 2;; '
+            'esac; rm -rf -- "$1"', "ndctl-proxy-purge", proxy_dir]

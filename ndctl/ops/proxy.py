@@ -1,0 +1,207 @@
+"""The reverse proxy on one host: create it once, switch routes atomically.
+
+A switch is two round trips: read the route files (and the live config's
+hash), then commit the re-rendered config under the host's proxy lock with a
+compare-and-swap on the route files, so concurrent deploys of different apps
+never lose each other's routes. An unchanged route is a no-op (no reload).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from ndctl.commands import proxy as cmd
+from ndctl.commands.shell import with_sudo
+from ndctl.core.errors import ConflictError, RemoteError
+from ndctl.core.inventory import Host
+from ndctl.core.proxy import (
+    PROXY_CONTAINER,
+    PROXY_DIR,
+    ProxyChange,
+    ProxyStatus,
+    Route,
+    RouteError,
+    check_app,
+    check_kind,
+    check_routes,
+    config_name,
+    kind_of_config,
+    parse_route_listing,
+    render,
+)
+from ndctl.core.results import HostResult, Status
+from ndctl.transport.ssh import Runner
+
+CAS_ATTEMPTS = 5
+
+
+@dataclass
+class _State:
+    configs: dict[str, str]  # config file name -> sha256 of its content
+    routes: list[Route]
+    listing_hash: str  # sha256 of the route listing, as the commit script recomputes it
+    network: bool | None = None
+    container: tuple[str, str, str] | None = None  # (status, kind label, image)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _parse_state(host: Host, stdout: str) -> _State:
+    configs: dict[str, str] = {}
+    route_lines: list[str] = []
+    network: bool | None = None
+    container: tuple[str, str, str] | None = None
+    for line in stdout.splitlines():
+        if line.startswith("route "):
+            route_lines.append(line + "\n")
+        elif line.startswith("config "):
+            _, name, digest = line.split(" ", 2)
+            configs[name] = digest
+        elif line.startswith("network "):
+            network = line == "network yes"
+        elif line.startswith("container "):
+            if line != "container absent":
+                status, kind, image = (line.split(" ", 3) + ["", "", ""])[1:4]
+                container = (status, kind, image)
+    try:
+        routes = parse_route_listing("".join(route_lines))
+    except RouteError as e:
+        raise RouteError(f"{host.name}: {e}", hint="fix or remove that file on the host") from None
+    return _State(configs, routes, _sha("".join(route_lines)), network, container)
+
+
+def _check(host: Host, r: HostResult, what: str) -> HostResult:
+    if r.status is not Status.OK:
+        detail = (r.error or "") + (f": {r.stderr.strip()[-2000:]}" if r.stderr.strip() else "")
+        raise RemoteError(f"{host.name}: {what} failed{': ' + detail if detail else ''}", r)
+    return r
+
+
+async def _run(runner: Runner, host: Host, argv: list[str], what: str, *, input: str | None = None,
+               check: bool = True, timeout: float | None = 120) -> HostResult:
+    r = await runner.run(host, with_sudo(argv, sudo=host.sudo, user=host.user), input=input, timeout=timeout)
+    return _check(host, r, what) if check else r
+
+
+async def _read(runner: Runner, host: Host) -> _State:
+    r = await _run(runner, host, cmd.read_state_argv(), "reading the proxy routes")
+    return _parse_state(host, r.stdout)
+
+
+def _kind(host: Host, state: _State) -> str:
+    kinds = [kind_of_config(name) for name in sorted(state.configs)]
+    if not kinds:
+        raise ConflictError(f"{host.name}: no proxy is set up ({PROXY_DIR} has no config)",
+                            hint="the first deploy creates it (ensure_proxy)")
+    if len(kinds) > 1:
+        raise ConflictError(f"{host.name}: both a Caddy and an nginx config are in {PROXY_DIR}",
+                            hint="remove the one of the proxy that is not running")
+    return kinds[0]
+
+
+async def ensure_proxy(runner: Runner, host: Host, kind: str, image: str, *,
+                       ports: tuple[int, ...] = (80, 443)) -> ProxyStatus:
+    """Make the ``nextdeploy`` network, the proxy's config and a running ``nextdeploy-proxy`` exist.
+
+    Idempotent: a second call changes nothing (one round trip). A proxy of the
+    other kind is refused rather than replaced (that would drop traffic). When the
+    container cannot start (port 80 taken...), what this call created is removed.
+    """
+    check_kind(kind)
+    r = await _run(runner, host, cmd.inspect_argv(), "inspecting the proxy")
+    state = _parse_state(host, r.stdout)
+    status = ProxyStatus(kind, image)
+    other = [n for n in state.configs if n != config_name(kind)]
+    if state.container and state.container[1] and state.container[1] != kind:
+        raise ConflictError(f"{host.name}: the proxy container {PROXY_CONTAINER} is {state.container[1]}, "
+                            f"not {kind}", hint="remove it first; switching proxies interrupts traffic")
+    if other:
+        raise ConflictError(f"{host.name}: {PROXY_DIR} holds {', '.join(other)}, the config of another proxy kind",
+                            hint=f"remove it to use {kind}")
+    created_network = wrote_config = False
+    if not state.network:
+        await _run(runner, host, cmd.network_create_argv(), "creating the nextdeploy network")
+        created_network = True
+        status.changes.append("created network nextdeploy")
+    if config_name(kind) not in state.configs:
+        text = render(kind, state.routes)
+        await _run(runner, host, cmd.mkdirs_argv(), "creating the proxy directory")
+        await _run(runner, host, cmd.write_file_argv(f"{PROXY_DIR}/{config_name(kind)}"), "writing the proxy config",
+                   input=text)
+        wrote_config = True
+        status.changes.append(f"wrote {PROXY_DIR}/{config_name(kind)} ({len(state.routes)} route(s))")
+    if state.container is None:
+        r = await _run(runner, host, cmd.run_proxy_argv(kind, image, ports=ports), "starting the proxy", check=False)
+        if r.status is Status.OK:
+            r = await _run(runner, host, cmd.wait_ready_argv(kind), "waiting for the proxy", check=False)
+        if r.status is not Status.OK:
+            await _run(runner, host, cmd.remove_container_argv(), "removing the proxy", check=False)
+            if created_network:
+                await _run(runner, host, cmd.network_remove_argv(), "removing the network", check=False)
+            if wrote_config:  # else the next set_route would think a proxy is set up
+                await _run(runner, host, ["rm", "-f", f"{PROXY_DIR}/{config_name(kind)}"], "removing the config",
+                           check=False)
+            _check(host, r, f"starting the {kind} proxy ({image})")
+        status.changes.append(f"started {PROXY_CONTAINER} ({kind}, {image})")
+    elif state.container[0] != "running":
+        await _run(runner, host, cmd.start_argv(), "starting the proxy")
+        await _run(runner, host, cmd.wait_ready_argv(kind), "waiting for the proxy")
+        status.changes.append(f"started {PROXY_CONTAINER} (was {state.container[0]})")
+    else:
+        status.image = state.container[2] or image
+    return status
+
+
+async def _apply(runner: Runner, host: Host, app: str, route: Route | None) -> ProxyChange:
+    started = time.monotonic()
+    for _ in range(CAS_ATTEMPTS):
+        state = await _read(runner, host)
+        kind = _kind(host, state)
+        before = next((r for r in state.routes if r.app == app), None)
+        others = [r for r in state.routes if r.app != app]
+        new_routes = others + ([route] if route is not None else [])
+        check_routes(new_routes)  # a host clash is refused before anything changes
+        text = render(kind, new_routes)
+        if before == route and state.configs.get(config_name(kind)) == _sha(text):
+            return ProxyChange(app, "unchanged", kind, before, route, time.monotonic() - started)
+        argv = cmd.commit_argv(kind, app, state.listing_hash, route.to_json() if route else None)
+        r = await _run(runner, host, argv, "switching the proxy", input=text, check=False)
+        if r.exit_code == cmd.CAS_MISMATCH:
+            continue  # another app's route changed in between: re-read and re-render
+        if r.exit_code == cmd.INVALID:
+            raise RemoteError(f"{host.name}: the {kind} proxy refused the new config; nothing was changed: "
+                              f"{r.stderr.strip()[-2000:]}", r)
+        if r.exit_code == cmd.RELOAD_FAILED:
+            raise RemoteError(f"{host.name}: reloading the {kind} proxy failed; the previous config was restored: "
+                              f"{r.stderr.strip()[-2000:]}", r)
+        _check(host, r, "switching the proxy")
+        action = "removed" if route is None else ("created" if before is None else "updated")
+        return ProxyChange(app, action, kind, before, route, time.monotonic() - started)
+    raise ConflictError(f"{host.name}: the proxy routes kept changing during {CAS_ATTEMPTS} attempts",
+                        hint="another deploy is switching routes on this host; try again")
+
+
+async def set_route(runner: Runner, host: Host, route: Route) -> ProxyChange:
+    """Point ``route.app``'s traffic at ``route.upstream`` (atomic, graceful: the old upstream drains)."""
+    return await _apply(runner, host, route.app, route)
+
+
+async def remove_route(runner: Runner, host: Host, app: str) -> ProxyChange:
+    """Stop routing ``app`` (its route file goes, the config is re-rendered without it)."""
+    check_app(app)
+    return await _apply(runner, host, app, None)
+
+
+async def read_routes(runner: Runner, host: Host) -> list[Route]:
+    return (await _read(runner, host)).routes
+
+
+async def remove_proxy(runner: Runner, host: Host, *, purge: bool = False) -> None:
+    """Remove the proxy container and the network (and, with ``purge``, its config and routes)."""
+    await _run(runner, host, cmd.remove_container_argv(), "removing the proxy", check=False)
+    await _run(runner, host, cmd.network_remove_argv(), "removing the network", check=False)
+    if purge:
+        await _run(runner, host, cmd.remove_state_argv(), "removing the proxy config")

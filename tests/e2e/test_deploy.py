@@ -1,0 +1,124 @@
+"""`ndctl deploy` end to end on real test hosts: blue-green through Caddy, a failing
+health check that leaves the old version serving, rollback, history and the lock."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ndctl import sandbox
+from ndctl.commands import appstate
+from ndctl.core.errors import ExitStatus
+from ndctl.sandbox import caddyimage
+
+pytestmark = pytest.mark.e2e
+
+APP = "ndtweb"
+
+
+def build_app_image(tmp_path: Path, tag: str, body: str, *, healthy: bool = True) -> str:
+    """A busybox httpd image whose / says ``body``; /health exists only when ``healthy``."""
+    tar = sandbox.busybox_rootfs_tar(tmp_path / f"{tag.replace(':', '_')}.tar")
+    www = tmp_path / f"www-{tag.replace(':', '_')}"
+    www.mkdir()
+    (www / "index.html").write_text(body + "\n")
+    if healthy:
+        (www / "health").write_text("ok\n")
+    with tarfile.open(tar, "a") as tf:
+        for f in www.iterdir():
+            tf.add(f, arcname=f"www/{f.name}")
+    subprocess.run(["docker", "import", "--change", 'CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]',
+                    str(tar), tag], check=True, capture_output=True)
+    return tag
+
+
+def serve(host, path: str = "/") -> str:
+    """What the host's proxy answers on port 80 (asked from inside the test host)."""
+    r = host.exec("python3", "-c", "import sys,urllib.request;"
+                  f"print(urllib.request.urlopen('http://127.0.0.1:80{path}', timeout=5).read().decode().strip())",
+                  check=False)
+    return r.stdout.strip() if r.returncode == 0 else f"ERROR {r.stderr.strip()[-200:]}"
+
+
+@pytest.fixture
+def deploy_env(cli, container_hosts, ssh_block, tmp_path):
+    hosts = container_hosts[:2]
+    cli.ssh_config.write_text("".join(ssh_block(f"dep-{i}", h) for i, h in enumerate(hosts)))
+    for i in range(len(hosts)):
+        r = cli("agent", "register", "--name", f"dep-{i}", "--tags", "deploytest", "--trust-host-key")
+        assert r.returncode == 0, r.stderr
+    proxy_ref = caddyimage.build_caddy_image()
+    for h in hosts:
+        caddyimage.load_into(h, proxy_ref)
+    images = {v: build_app_image(tmp_path, f"ndt-web:{v}", f"hello {v}") for v in ("v1", "v2")}
+    images["v3"] = build_app_image(tmp_path, "ndt-web:v3", "hello v3", healthy=False)
+    spec = tmp_path / "nextdeploy.yaml"
+    spec.write_text(f"""
+app: {APP}
+image: ndt-web:v1
+port: 8080
+tags: deploytest
+health_check: {{path: /health, interval: 0.3s, successes: 2, failures: 3, deadline: 20s}}
+proxy: {{kind: caddy, hosts: [], image: {proxy_ref}}}
+drain: 2s
+grace: 2s
+retain: 2
+""")
+    try:
+        yield cli, hosts, spec
+    finally:
+        for h in hosts:
+            h.exec("sh", "-c", f"docker ps -aq --filter label=com.nextdeploy.app={APP} | xargs -r docker rm -f; "
+                               "docker rm -f nextdeploy-proxy; rm -rf /var/lib/nextdeploy/apps "
+                               "/var/lib/nextdeploy/proxy", check=False)
+        for v in ("v1", "v2", "v3"):
+            subprocess.run(["docker", "rmi", "-f", f"ndt-web:{v}"], capture_output=True)
+
+
+def test_blue_green_deploy_failure_rollback_history_and_lock(deploy_env) -> None:
+    cli, hosts, spec = deploy_env
+    f = ["-f", str(spec)]
+    r = cli("deploy", *f, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(serve(h) == "hello v1" for h in hosts)
+
+    r = cli("deploy", *f, "--image", "ndt-web:v2", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(serve(h) == "hello v2" for h in hosts)
+
+    # v3 fails its health check: a non-zero exit, its last log lines shown, v2 keeps serving untouched.
+    r = cli("deploy", *f, "--image", "ndt-web:v3", timeout=600)
+    assert r.returncode == ExitStatus.HOST_FAILED, r.stdout + r.stderr
+    assert "health check" in (r.stdout + r.stderr)
+    assert all(serve(h) == "hello v2" for h in hosts)
+    for h in hosts:  # the failed green is gone; the lock is free
+        names = h.exec("sh", "-c", f"docker ps -a --format '{{{{.Names}}}} {{{{.Image}}}}' "
+                                   f"--filter label=com.nextdeploy.app={APP}").stdout
+        assert "ndt-web:v3" not in names
+        assert h.exec("test", "-e", f"/var/lib/nextdeploy/apps/{APP}/lock", check=False).returncode == 1
+
+    st = json.loads(cli("deploy", "status", APP, *f, "-o", "json").stdout)
+    assert {s["serving"]["version"] for s in st.values()} == {"v2"}
+    hist = json.loads(cli("deploy", "history", APP, *f, "-o", "json").stdout)
+    assert [(row["version"], sorted(set(row["hosts"].values()))) for row in hist] == [
+        ("v1", ["ok"]), ("v2", ["ok"]), ("v3", ["failed"])]
+
+    r = cli("rollback", APP, *f, "--to", "v1", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(serve(h) == "hello v1" for h in hosts)
+
+    # A deploy holding the lock on a host refuses a second one, naming who holds it.
+    h0 = hosts[0]
+    h0.exec("sh", "-c", f"mkdir -p /var/lib/nextdeploy/apps/{APP}/lock && echo "
+                        f"'{{\"who\":\"alice@laptop\",\"from\":\"laptop\",\"at\":\"2026-11-27T10:00:00Z\","
+                        f"\"version\":\"v9\",\"deploy_id\":\"0badcafe\"}}' > /var/lib/nextdeploy/apps/{APP}/lock/info.json")
+    r = cli("deploy", *f, "--image", "ndt-web:v2", timeout=600)
+    assert r.returncode != 0 and "alice@laptop" in (r.stdout + r.stderr)
+    assert all(serve(h) == "hello v1" for h in hosts)
+    r = cli("deploy", "unlock", APP, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert h0.exec("test", "-e", f"/var/lib/nextdeploy/apps/{APP}/lock", check=False).returncode == 1
+    assert appstate.LOCK_HELD == 75

@@ -1,0 +1,511 @@
+"""The proxy: route validation, exact rendered configs, exact argv, and the host-side scripts
+(run here with ``sh`` against a temporary directory and a fake ``docker``)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ndctl.commands import proxy as cmd
+from ndctl.core.errors import ConflictError, ExitStatus, RemoteError, UsageError
+from ndctl.core.inventory import Host
+from ndctl.core.proxy import (
+    PROXY_DIR,
+    Route,
+    RouteConflict,
+    RouteError,
+    check_routes,
+    parse_route_listing,
+    render,
+    render_caddy,
+    render_nginx,
+)
+from ndctl.core.results import HostResult, Status
+from ndctl.ops import proxy as ops
+
+WEB = Route("web", "nd-web-0a1b2c3d:8080", ("www.example.com", "example.com"), drain_seconds=10)
+API = Route("api", "nd-api-11223344:3000", ("api.example.com",), drain_seconds=45)
+ALL = Route("site", "nd-site-deadbeef:80")
+
+
+# ----- validation -----------------------------------------------------------------
+
+def test_route_normalises_hosts() -> None:
+    r = Route("web", "nd-web-1:8080", ["WWW.Example.com.", "example.com", "www.example.com", "*.Apps.example.com"])
+    assert r.hosts == ("*.apps.example.com", "example.com", "www.example.com")
+    assert (r.container, r.port, r.catch_all) == ("nd-web-1", 8080, False)
+    assert Route("web", "nd-web-1:8080").catch_all
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(app="Web", upstream="c:80"), "app 'Web' is not a valid app name"),
+    (dict(app="-web", upstream="c:80"), "app '-web' is not a valid app name"),
+    (dict(app="we_b", upstream="c:80"), "app 'we_b' is not a valid app name"),
+    (dict(app="a" * 64, upstream="c:80"), "is not a valid app name"),
+    (dict(app="web", upstream="c"), "upstream 'c' is not <container>:<port>"),
+    (dict(app="web", upstream="c:0"), "port '0' is not a number from 1 to 65535"),
+    (dict(app="web", upstream="c:65536"), "port '65536'"),
+    (dict(app="web", upstream="c:08"), "port '08'"),
+    (dict(app="web", upstream="c;rm:80"), "'c;rm' is not a container name"),
+    (dict(app="web", upstream="[::1]:80"), "is not <container>:<port>"),
+    (dict(app="web", upstream="c:80", hosts=["ex ample.com"]), "hosts: 'ex ample.com' is not a DNS name"),
+    (dict(app="web", upstream="c:80", hosts=["a..b"]), "hosts: 'a..b' is not a DNS name"),
+    (dict(app="web", upstream="c:80", hosts=["-a.com"]), "is not a DNS name"),
+    (dict(app="web", upstream="c:80", hosts=["a.*.com"]), "is not a DNS name"),
+    (dict(app="web", upstream="c:80", hosts=["x.com;"]), "is not a DNS name"),
+    (dict(app="web", upstream="c:80", hosts=['x.com"']), "is not a DNS name"),
+    (dict(app="web", upstream="c:80", hosts=[""]), "is not a DNS name"),
+    (dict(app="web", upstream="c:80", hosts=["a" * 64 + ".com"]), "is not a DNS name"),
+    (dict(app="web", upstream="c:80", hosts="example.com"), "hosts of app 'web' must be a list"),
+    (dict(app="web", upstream="c:80", hosts=[3]), "hosts: 3 is not a string"),
+    (dict(app="web", upstream="c:80", drain_seconds=0), "drain_seconds of app 'web' must be a whole number"),
+    (dict(app="web", upstream="c:80", drain_seconds=1.5), "drain_seconds"),
+    (dict(app="web", upstream="c:80", drain_seconds=True), "drain_seconds"),
+    (dict(app="web", upstream="c:80", drain_seconds=86401), "from 1 to 86400"),
+])
+def test_route_validation_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(RouteError, match=None) as e:
+        Route(**kwargs)
+    assert message in str(e.value)
+    assert e.value.exit_status is ExitStatus.USAGE
+
+
+@pytest.mark.parametrize("data,message", [
+    ([], "x.json: expected a JSON object, got list"),
+    ({"app": "web"}, "x.json: missing field 'upstream'"),
+    ({"app": "web", "upstream": "c:80", "port": 1}, "x.json: unknown field(s) port"),
+    ({"app": "web", "upstream": "c:80", "hosts": "a.com"}, "x.json: hosts must be a list"),
+    ({"app": "web", "upstream": "c:80", "drain_seconds": -1}, "x.json: drain_seconds of app 'web'"),
+])
+def test_route_from_dict_names_the_source_and_field(data: object, message: str) -> None:
+    with pytest.raises(RouteError) as e:
+        Route.from_dict(data, "x.json")
+    assert message in str(e.value)
+
+
+def test_route_json_round_trip_is_one_sorted_line() -> None:
+    assert WEB.to_json() == ('{"app":"web","drain_seconds":10,"hosts":["example.com","www.example.com"],'
+                             '"upstream":"nd-web-0a1b2c3d:8080"}\n')
+    assert Route.from_json(WEB.to_json()) == WEB
+    with pytest.raises(RouteError, match="r.json: not valid JSON"):
+        Route.from_json("{", "r.json")
+
+
+def test_route_listing_checks_file_names() -> None:
+    listing = f"route api.json {API.to_json().strip()} \nroute web.json {WEB.to_json()}"
+    assert parse_route_listing(listing) == [API, WEB]
+    with pytest.raises(RouteError, match=r"/routes/blog.json: holds the route of app 'web'; expected web.json"):
+        parse_route_listing(f"route blog.json {WEB.to_json()}")
+
+
+def test_conflicting_routes_are_refused() -> None:
+    with pytest.raises(RouteConflict, match="host 'example.com' is claimed by apps 'blog' and 'web'"):
+        check_routes([WEB, Route("blog", "b:80", ["example.com"])])
+    with pytest.raises(RouteConflict, match="apps 'other' and 'site' both want every host"):
+        check_routes([ALL, Route("other", "o:80")])
+    with pytest.raises(RouteConflict, match="two routes for app 'web'"):
+        check_routes([WEB, WEB])
+    assert issubclass(RouteConflict, ConflictError)
+    # host rules first (by app), the catch-all last, whatever the input order
+    assert check_routes([ALL, WEB, API]) == [API, WEB, ALL]
+
+
+def test_unknown_kind() -> None:
+    with pytest.raises(UsageError, match="proxy 'traefik' is not supported: use one of caddy, nginx"):
+        render("traefik", [])
+
+
+# ----- Caddy ------------------------------------------------------------------------------
+
+def _caddy(routes: list[dict], grace: str = "30s") -> str:
+    expected = {
+        "admin": {"listen": "localhost:2019", "config": {"persist": False}},
+        "apps": {"http": {"grace_period": grace, "servers": {"nextdeploy": {
+            "listen": [":80"], "automatic_https": {"disable": True}, "routes": routes}}}},
+    }
+    return json.dumps(expected, indent=2, sort_keys=True) + "\n"
+
+
+NOT_ROUTED = {"handle": [{"handler": "static_response", "status_code": 404,
+                          "body": "nextdeploy: no app is routed for this host\n"}]}
+
+
+def _rp(dial: str, hosts: list[str] | None = None) -> dict:
+    r: dict = {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": dial}]}], "terminal": True}
+    if hosts:
+        r["match"] = [{"host": hosts}]
+    return r
+
+
+def test_caddy_no_routes() -> None:
+    assert render_caddy([]) == _caddy([NOT_ROUTED])
+
+
+def test_caddy_one_catch_all() -> None:
+    assert render_caddy([ALL]) == _caddy([_rp("nd-site-deadbeef:80")])
+
+
+def test_caddy_one_host_rule_falls_back_to_404() -> None:
+    assert render_caddy([WEB]) == _caddy([_rp("nd-web-0a1b2c3d:8080", ["example.com", "www.example.com"]),
+                                          NOT_ROUTED], grace="10s")
+
+
+def test_caddy_two_routes_drain_is_the_longest() -> None:
+    text = render_caddy([WEB, API])
+    assert text == _caddy([_rp("nd-api-11223344:3000", ["api.example.com"]),
+                           _rp("nd-web-0a1b2c3d:8080", ["example.com", "www.example.com"]), NOT_ROUTED], grace="45s")
+    assert render_caddy([API, WEB]) == text  # deterministic: input order does not matter
+    assert render_caddy([WEB, ALL]) == _caddy([_rp("nd-web-0a1b2c3d:8080", ["example.com", "www.example.com"]),
+                                               _rp("nd-site-deadbeef:80")], grace="30s")
+    # the admin API is never on a routable address
+    assert json.loads(text)["admin"]["listen"] == "localhost:2019"
+
+
+# ----- nginx ------------------------------------------------------------------------------
+
+NGINX_HEAD = """\
+# Rendered by ndctl from /var/lib/nextdeploy/proxy/routes/*.json; edits are overwritten.
+worker_processes auto;
+pid /run/nginx.pid;
+error_log stderr warn;
+worker_shutdown_timeout {grace}s;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    resolver 127.0.0.11 valid=5s ipv6=off;
+    map $http_upgrade $nd_connection {{
+        default upgrade;
+        "" "";
+    }}
+    proxy_http_version 1.1;
+    proxy_set_header Host $http_host;
+    proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection $nd_connection;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Host $http_host;
+"""
+NGINX_404 = """\
+    server {
+        listen 80 default_server;
+        server_name "";
+        return 404 "nextdeploy: no app is routed for this host\\n";
+    }
+"""
+
+
+def _server(listen: str, names: str, upstream: str) -> str:
+    return (f"    server {{\n        {listen}\n        server_name {names};\n        location / {{\n"
+            f'            set $nd_upstream "{upstream}";\n            proxy_pass http://$nd_upstream;\n'
+            "        }\n    }\n")
+
+
+def test_nginx_no_routes() -> None:
+    assert render_nginx([]) == NGINX_HEAD.format(grace=30) + NGINX_404 + "}\n"
+
+
+def test_nginx_one_catch_all() -> None:
+    assert render_nginx([ALL]) == (NGINX_HEAD.format(grace=30)
+                                   + _server("listen 80 default_server;", '""', "nd-site-deadbeef:80") + "}\n")
+
+
+def test_nginx_two_routes() -> None:
+    text = render_nginx([WEB, API])
+    assert text == (NGINX_HEAD.format(grace=45)
+                    + _server("listen 80;", '"api.example.com"', "nd-api-11223344:3000")
+                    + _server("listen 80;", '"example.com" "www.example.com"', "nd-web-0a1b2c3d:8080")
+                    + NGINX_404 + "}\n")
+    assert render_nginx([API, WEB]) == text
+    assert render("nginx", [WEB, ALL]) == (NGINX_HEAD.format(grace=30)
+                                           + _server("listen 80;", '"example.com" "www.example.com"',
+                                                     "nd-web-0a1b2c3d:8080")
+                                           + _server("listen 80 default_server;", '""', "nd-site-deadbeef:80")
+                                           + "}\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="no nginx binary here")
+@pytest.mark.parametrize("routes", [[], [ALL], [WEB, API], [WEB, API, ALL]])
+def test_nginx_accepts_the_rendered_config(tmp_path: Path, routes: list[Route]) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_nginx(routes))
+    cp = subprocess.run(["nginx", "-t", "-q", "-c", str(conf)], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/caddy"), reason="no caddy binary here")
+def test_caddy_accepts_the_rendered_config(tmp_path: Path) -> None:
+    conf = tmp_path / "caddy.json"
+    conf.write_text(render_caddy([WEB, API, ALL]))
+    cp = subprocess.run(["caddy", "validate", "--config", str(conf)], capture_output=True, text=True,
+                        env={**os.environ, "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)})
+    assert cp.returncode == 0, cp.stderr
+
+
+# ----- builders ---------------------------------------------------------------------------
+
+def test_network_and_container_builders() -> None:
+    assert cmd.network_create_argv() == ["docker", "network", "create", "--label", "com.nextdeploy.role=network",
+                                         "nextdeploy"]
+    assert cmd.network_remove_argv() == ["docker", "network", "rm", "nextdeploy"]
+    assert cmd.start_argv() == ["docker", "start", "nextdeploy-proxy"]
+    assert cmd.remove_container_argv() == ["docker", "rm", "-f", "nextdeploy-proxy"]
+    assert cmd.mkdirs_argv() == ["mkdir", "-p", "-m", "0755", "/var/lib/nextdeploy/proxy/routes"]
+
+
+def test_run_proxy_argv_publishes_only_http_ports() -> None:
+    common = ["docker", "run", "-d", "--name", "nextdeploy-proxy", "--network", "nextdeploy",
+              "--restart", "unless-stopped", "--label", "com.nextdeploy.role=proxy"]
+    assert cmd.run_proxy_argv("caddy", "caddy:2") == [
+        *common, "--label", "com.nextdeploy.proxy-kind=caddy", "-p", "80:80", "-p", "443:443",
+        "-v", "/var/lib/nextdeploy/proxy:/etc/nextdeploy/proxy:ro", "caddy:2",
+        "caddy", "run", "--config", "/etc/nextdeploy/proxy/caddy.json"]
+    assert cmd.run_proxy_argv("nginx", "nginx:1.27", ports=(80,)) == [
+        *common, "--label", "com.nextdeploy.proxy-kind=nginx", "-p", "80:80",
+        "-v", "/var/lib/nextdeploy/proxy:/etc/nextdeploy/proxy:ro", "nginx:1.27",
+        "nginx", "-c", "/etc/nextdeploy/proxy/nginx.conf", "-g", "daemon off;"]
+    assert "2019" not in " ".join(cmd.run_proxy_argv("caddy", "caddy:2"))
+    with pytest.raises(ValueError, match="port 0"):
+        cmd.run_proxy_argv("caddy", "caddy:2", ports=(0,))
+    with pytest.raises(UsageError):
+        cmd.run_proxy_argv("haproxy", "x")
+
+
+def test_validate_and_reload_argv() -> None:
+    assert cmd.reload_argv("caddy") == ["docker", "exec", "nextdeploy-proxy", "caddy", "reload", "--config",
+                                        "/etc/nextdeploy/proxy/caddy.json"]
+    assert cmd.reload_argv("nginx") == ["docker", "exec", "nextdeploy-proxy", "nginx", "-c",
+                                        "/etc/nextdeploy/proxy/nginx.conf", "-s", "reload"]
+    assert cmd.validate_argv("caddy", "/etc/nextdeploy/proxy/x.json") == [
+        "docker", "exec", "nextdeploy-proxy", "caddy", "validate", "--config", "/etc/nextdeploy/proxy/x.json"]
+    assert cmd.validate_argv("nginx") == ["docker", "exec", "nextdeploy-proxy", "nginx", "-t", "-q", "-c",
+                                          "/etc/nextdeploy/proxy/nginx.conf"]
+
+
+def test_scripts_take_values_as_positional_parameters() -> None:
+    assert cmd.write_file_argv("/var/lib/nextdeploy/proxy/caddy.json")[3:] == [
+        "ndctl-write", "/var/lib/nextdeploy/proxy/caddy.json", "0644"]
+    assert cmd.read_state_argv()[3:] == ["ndctl-proxy-read", PROXY_DIR]
+    assert cmd.inspect_argv()[3:] == ["ndctl-proxy-inspect", PROXY_DIR, "nextdeploy-proxy", "nextdeploy"]
+    assert cmd.wait_ready_argv("caddy")[3:] == ["ndctl-proxy-wait", "nextdeploy-proxy", "100",
+                                                *cmd.reload_argv("caddy")]
+    assert cmd.wait_ready_argv("nginx")[3:] == [
+        "ndctl-proxy-wait", "nextdeploy-proxy", "100",
+        "sh", "-c", 'docker top "$1" -eo pid,args | grep -q " nginx: worker process$"', "ndctl-probe", "nextdeploy-proxy"]
+    argv = cmd.commit_argv("caddy", "web", "abc", WEB.to_json())
+    assert argv[3:] == ["ndctl-proxy-commit", PROXY_DIR, "caddy", "web", "abc", WEB.to_json().strip(),
+                        "nextdeploy-proxy", "/etc/nextdeploy/proxy"]
+    assert cmd.commit_argv("nginx", "web", "abc", None)[8] == ""
+    with pytest.raises(RouteError):
+        cmd.commit_argv("caddy", "../etc", "abc", None)
+    for a in (cmd.write_file_argv("/x/y"), cmd.read_state_argv(), cmd.inspect_argv(), cmd.wait_ready_argv("caddy"),
+              argv, cmd.remove_state_argv()):
+        assert a[:2] == ["sh", "-c"] and "/var/lib" not in a[2]
+        assert subprocess.run(["sh", "-n", "-c", a[2]]).returncode == 0  # the script parses
+        assert shlex.split(shlex.join(a)) == a
+
+
+def test_scripts_embed_the_same_reload_as_the_builders() -> None:
+    script = cmd.commit_argv("caddy", "web", "x", None)[2]
+    assert 'docker exec "$c" caddy reload --config "$cd_/.$conf.new"' in script
+    assert 'docker exec "$c" nginx -t -q -c "$cd_/.$conf.new"' in script
+    assert 'docker exec "$c" nginx -c "$cd_/$conf" -s reload' in script
+
+
+# ----- host-side scripts, run locally against a fake docker -------------------------------
+
+FAKE_DOCKER = """#!/bin/sh
+echo "$*" >> "$FAKE_LOG"
+case " $* " in *" $FAKE_FAIL "*) echo "fake docker: $FAKE_FAIL failed" >&2; exit 1;; esac
+if [ "$1" = top ]; then  # a new nginx worker pid on every call: the reload has turned them over
+  n=$(cat "$FAKE_LOG.pid" 2>/dev/null || echo 100); echo $((n + 1)) > "$FAKE_LOG.pid"
+  echo "PID COMMAND"; echo "1 nginx: master process nginx"; echo "$n nginx: worker process"; exit 0
+fi
+case "$1 $2" in
+  "network inspect") [ "$FAKE_NETWORK" = yes ] || exit 1;;
+  "container inspect") [ -n "$FAKE_CONTAINER" ] || exit 1; echo "$FAKE_CONTAINER";;
+esac
+exit 0
+"""
+
+
+class LocalRunner:
+    """Runs argv with ``sh`` on this machine, the proxy directory moved to a temporary one."""
+
+    def __init__(self, tmp: Path, **env: str) -> None:
+        self.dir = tmp / "nextdeploy" / "proxy"
+        bindir = tmp / "bin"
+        bindir.mkdir(parents=True, exist_ok=True)
+        (bindir / "docker").write_text(FAKE_DOCKER)
+        (bindir / "docker").chmod(0o755)
+        self.log = tmp / "docker.log"
+        self.env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "FAKE_LOG": str(self.log),
+                    "FAKE_FAIL": "", "FAKE_NETWORK": "yes", "FAKE_CONTAINER": "", **env}
+        self.calls: list[list[str]] = []
+        self.before_commit = None
+
+    def docker_calls(self) -> list[str]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [line for line in lines if not line.startswith("top ")]
+
+    def top_calls(self) -> int:
+        return sum(1 for line in self.log.read_text().splitlines() if line.startswith("top "))
+
+    async def run(self, host, argv, *, input=None, timeout=None, on_output=None) -> HostResult:
+        argv = [a.replace(PROXY_DIR, str(self.dir)) for a in argv]
+        if argv[3:4] == ["ndctl-proxy-commit"] and self.before_commit:
+            hook, self.before_commit = self.before_commit, None
+            hook()
+        self.calls.append(argv)
+        cp = subprocess.run(argv, input=input, capture_output=True, text=True, env=self.env, timeout=30, check=False)
+        return HostResult(host.name, Status.OK if cp.returncode == 0 else Status.FAILED, cp.returncode,
+                          cp.stdout, cp.stderr)
+
+
+HOST = Host("h1", "127.0.0.1")
+
+
+def _setup(tmp_path: Path, kind: str = "caddy", routes: tuple[Route, ...] = (), **env: str) -> LocalRunner:
+    runner = LocalRunner(tmp_path, **env)
+    (runner.dir / "routes").mkdir(parents=True)
+    (runner.dir / ("caddy.json" if kind == "caddy" else "nginx.conf")).write_text(render(kind, routes))
+    for r in routes:
+        (runner.dir / "routes" / f"{r.app}.json").write_text(r.to_json())
+    return runner
+
+
+def _files(runner: LocalRunner) -> dict[str, str]:
+    return {str(p.relative_to(runner.dir)): p.read_text() for p in sorted(runner.dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("kind", ["caddy", "nginx"])
+def test_set_route_switches_then_is_a_no_op(tmp_path: Path, kind: str) -> None:
+    runner = _setup(tmp_path, kind, (API,))
+    conf = "caddy.json" if kind == "caddy" else "nginx.conf"
+    change = asyncio.run(ops.set_route(runner, HOST, WEB))
+    assert (change.action, change.kind, change.before, change.after) == ("created", kind, None, WEB)
+    assert _files(runner) == {conf: render(kind, [API, WEB]), "routes/api.json": API.to_json(),
+                              "routes/web.json": WEB.to_json()}
+    reload_call = (["exec nextdeploy-proxy caddy reload --config /etc/nextdeploy/proxy/.caddy.json.new"]
+                   if kind == "caddy" else
+                   ["exec nextdeploy-proxy nginx -t -q -c /etc/nextdeploy/proxy/.nginx.conf.new",
+                    "exec nextdeploy-proxy nginx -c /etc/nextdeploy/proxy/nginx.conf -s reload"])
+    assert runner.docker_calls() == reload_call
+    assert len(runner.calls) == 2  # read, commit
+    # nginx: the workers before the reload, then until all accepting workers are new ones
+    assert runner.top_calls() == (0 if kind == "caddy" else 2)
+
+    green = Route("web", "nd-web-99999999:8080", WEB.hosts, WEB.drain_seconds)
+    change = asyncio.run(ops.set_route(runner, HOST, green))
+    assert (change.action, change.before, change.after) == ("updated", WEB, green)
+    assert _files(runner)[conf] == render(kind, [API, green])
+
+    runner.calls.clear()
+    change = asyncio.run(ops.set_route(runner, HOST, green))
+    assert change.action == "unchanged" and not change.changed
+    assert len(runner.calls) == 1 and len(runner.docker_calls()) == 2 * len(reload_call)  # no reload
+
+    change = asyncio.run(ops.remove_route(runner, HOST, "web"))
+    assert (change.action, change.before, change.after) == ("removed", green, None)
+    assert _files(runner) == {conf: render(kind, [API]), "routes/api.json": API.to_json()}
+    assert asyncio.run(ops.remove_route(runner, HOST, "web")).action == "unchanged"
+
+
+def test_rejected_config_changes_nothing(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_FAIL="reload")
+    before = _files(runner)
+    green = Route("web", "nd-web-99999999:8080", WEB.hosts)
+    with pytest.raises(RemoteError, match="h1: the caddy proxy refused the new config; nothing was changed: "
+                                          "fake docker: reload failed"):
+        asyncio.run(ops.set_route(runner, HOST, green))
+    assert _files(runner) == before
+
+
+def test_nginx_invalid_config_changes_nothing(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "nginx", (WEB,), FAKE_FAIL="-t")
+    before = _files(runner)
+    with pytest.raises(RemoteError, match="nginx proxy refused the new config; nothing was changed"):
+        asyncio.run(ops.set_route(runner, HOST, API))
+    assert _files(runner) == before
+
+
+def test_nginx_failed_reload_restores_the_previous_config(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "nginx", (WEB,), FAKE_FAIL="-s")
+    before = _files(runner)
+    with pytest.raises(RemoteError, match="reloading the nginx proxy failed; the previous config was restored"):
+        asyncio.run(ops.set_route(runner, HOST, API))
+    assert _files(runner) == before
+
+
+def test_concurrent_route_change_is_re_read_not_lost(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,))
+    # Another app's deploy writes its route between our read and our commit.
+    runner.before_commit = lambda: (runner.dir / "routes" / "site.json").write_text(ALL.to_json())
+    change = asyncio.run(ops.set_route(runner, HOST, API))
+    assert change.action == "created"
+    assert _files(runner)["caddy.json"] == render_caddy([WEB, API, ALL])
+    commits = [c for c in runner.calls if c[3] == "ndctl-proxy-commit"]
+    assert len(commits) == 2  # the first one was refused (CAS), the second re-rendered with site's route
+
+
+def test_host_clash_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,))
+    before = _files(runner)
+    with pytest.raises(RouteConflict, match="host 'example.com' is claimed by apps 'blog' and 'web'"):
+        asyncio.run(ops.set_route(runner, HOST, Route("blog", "b:80", ["example.com"])))
+    assert _files(runner) == before and len(runner.calls) == 1
+
+
+def test_broken_route_file_is_named(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,))
+    (runner.dir / "routes" / "api.json").write_text('{"app": "api", "upstream": "x"}')
+    with pytest.raises(RouteError, match=r"h1: .*/routes/api.json: upstream 'x' is not <container>:<port>"):
+        asyncio.run(ops.set_route(runner, HOST, WEB))
+
+
+def test_set_route_without_a_proxy(tmp_path: Path) -> None:
+    runner = LocalRunner(tmp_path)
+    with pytest.raises(ConflictError, match="no proxy is set up"):
+        asyncio.run(ops.set_route(runner, HOST, WEB))
+
+
+def test_ensure_proxy_creates_then_is_idempotent(tmp_path: Path) -> None:
+    runner = LocalRunner(tmp_path, FAKE_NETWORK="no")
+    (runner.dir / "routes").mkdir(parents=True)
+    (runner.dir / "routes" / "web.json").write_text(WEB.to_json())
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "nextdeploy-caddy:local"))
+    assert status.changes == [
+        "created network nextdeploy",
+        "wrote /var/lib/nextdeploy/proxy/caddy.json (1 route(s))",
+        "started nextdeploy-proxy (caddy, nextdeploy-caddy:local)",
+    ]
+    assert (runner.dir / "caddy.json").read_text() == render_caddy([WEB])
+    calls = runner.docker_calls()
+    assert calls[-3:] == [
+        "network create --label com.nextdeploy.role=network nextdeploy",
+        " ".join(cmd.run_proxy_argv("caddy", "nextdeploy-caddy:local", proxy_dir=str(runner.dir))[1:]),
+        "exec nextdeploy-proxy caddy reload --config /etc/nextdeploy/proxy/caddy.json",
+    ]
+
+    runner.env.update(FAKE_NETWORK="yes", FAKE_CONTAINER="running caddy nextdeploy-caddy:local")
+    runner.calls.clear()
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "nextdeploy-caddy:local"))
+    assert status.changes == [] and not status.changed and len(runner.calls) == 1
+
+    with pytest.raises(ConflictError, match="the proxy container nextdeploy-proxy is caddy, not nginx"):
+        asyncio.run(ops.ensure_proxy(runner, HOST, "nginx", "nginx"))
+
+
+def test_ensure_proxy_that_cannot_start_leaves_nothing(tmp_path: Path) -> None:
+    runner = LocalRunner(tmp_path, FAKE_NETWORK="no", FAKE_FAIL="-d")  # `docker run -d` fails (port taken)
+    with pytest.raises(RemoteError, match="starting the caddy proxy"):
+        asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    assert runner.docker_calls()[-2:] == ["rm -f nextdeploy-proxy", "network rm nextdeploy"]
+    assert not (runner.dir / "caddy.json").exists()
