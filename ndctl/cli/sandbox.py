@@ -85,6 +85,39 @@ def _ndctl(args: list[str], env: dict[str, str], check: bool = True) -> int:
     return rc
 
 
+def _deploy_demo(started, wd: Path, env: dict[str, str]) -> None:
+    """Blue-green deploys of a sample app through the proxy, twice."""
+    from ndctl import sandbox
+    from ndctl.sandbox import caddyimage
+
+    output.stdout.print("\n[bold]Deploying a sample app blue-green behind Caddy[/]", markup=True)
+    # No registry is reachable from the sandbox: the proxy and app images are built
+    # here and shipped to the hosts over SSH (docker save | docker load).
+    proxy = caddyimage.build_caddy_image()
+    for h in started:
+        caddyimage.load_into(h, proxy)
+    for v in ("v1", "v2"):
+        sandbox.build_web_image(f"demo-web:{v}", f"hello from demo-web {v}")
+    spec = wd / "demo" / "nextdeploy.yaml"
+    spec.write_text(f"""# the sandbox demo's app; see `ndctl deploy init` for every field
+app: demo-web
+image: demo-web:v1
+port: 8080
+tags: web
+health_check: {{path: /health, interval: 0.5s, deadline: 30s}}
+proxy: {{kind: caddy, hosts: [], image: {proxy}}}
+drain: 2s
+grace: 10s
+""")
+    probe = "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1/').read().decode().strip())\""
+    _ndctl(["deploy", "-f", str(spec)], env)
+    _ndctl(["exec", "--tags", "web", "--", probe], env)
+    _ndctl(["deploy", "-f", str(spec), "--image", "demo-web:v2"], env)
+    _ndctl(["exec", "--tags", "web", "--", probe], env)
+    _ndctl(["deploy", "history", "demo-web", "-f", str(spec)], env)
+    _ndctl(["deploy", "status", "demo-web", "-f", str(spec)], env)
+
+
 @app.command("demo")
 def demo(hosts: int = typer.Option(3, "--hosts", "-n", min=2, max=20),
          workdir: Optional[Path] = WORKDIR,
@@ -117,6 +150,7 @@ def demo(hosts: int = typer.Option(3, "--hosts", "-n", min=2, max=20),
     _ndctl(["agent", "refresh"], env)
     rc = _ndctl(["exec", "--", f"test $(hostname) != {started[-1].name}"], env, check=False)
     output.stdout.print(f"(a command that fails on one host exits {rc}: see `ndctl exec --help`)")
+    _deploy_demo(started, wd, env)
     if not keep:
         sandbox.down(workdir=wd)
         output.stdout.print("sandbox removed")

@@ -29,13 +29,13 @@ from .fleet import (
     loopback_address,
     sshd_fleet_unavailable_reason,
 )
-from .appimages import BUSYBOX_REF, busybox_rootfs_tar, import_busybox
+from .appimages import BUSYBOX_REF, build_web_image, busybox_rootfs_tar, import_busybox
 from .hosts import ExecError, TestHost, write_known_hosts, write_ssh_config
 from .image import ensure_image, image_ref
 from .sandbox import DEFAULT_WORKDIR, SANDBOX_GROUP, HostStatus, down, status, up
 
 __all__ = [
-    "BUSYBOX_REF", "busybox_rootfs_tar", "import_busybox",
+    "BUSYBOX_REF", "build_web_image", "busybox_rootfs_tar", "import_busybox",
     "CommandError",
     "DEFAULT_WORKDIR",
     "ExecError",

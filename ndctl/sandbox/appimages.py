@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import tarfile
@@ -45,3 +46,23 @@ def import_busybox(host: TestHost, ref: str = BUSYBOX_REF) -> str:
     host.exec("docker", "import", "--change", 'CMD ["/bin/busybox", "sh"]', "/tmp/busybox.tar", ref)
     host.exec("rm", "-f", "/tmp/busybox.tar")
     return ref
+
+
+def build_web_image(tag: str, body: str, *, healthy: bool = True) -> str:
+    """A busybox httpd app image in THIS machine's engine: ``/`` says ``body``; ``/health``
+    answers 200 only when ``healthy``. For the demo and deploy tests."""
+    with tempfile.TemporaryDirectory() as d:
+        tar = busybox_rootfs_tar(Path(d) / "app.tar")
+        files = {"index.html": body + "\n", **({"health": "ok\n"} if healthy else {})}
+        with tarfile.open(tar, "a") as tf:
+            for name, text in files.items():
+                data = text.encode()
+                info = tarfile.TarInfo(f"www/{name}")
+                info.size, info.mode = len(data), 0o644
+                tf.addfile(info, io.BytesIO(data))
+        r = subprocess.run(["docker", "import", "--change",
+                            'CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]', str(tar), tag],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise SandboxError(f"docker import {tag} failed: {r.stderr.strip()}")
+    return tag
