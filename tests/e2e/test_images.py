@@ -87,11 +87,14 @@ def test_ship_to_two_hosts_then_skip_as_present(two, local_image):
 
 def test_missing_local_image_is_a_clear_error_and_changes_nothing(two):
     opts, hosts, ths = two
-    before = [t.exec("docker", "image", "ls", "-q", "--no-trunc").stdout for t in ths]
+    def images():  # as sets: `docker image ls` orders images created in the same second arbitrarily
+        return [sorted(t.exec("docker", "image", "ls", "-q", "--no-trunc").stdout.split()) for t in ths]
+
+    before = images()
     with pytest.raises(NotFoundError) as e:
         ensure(opts, hosts, "ndt-never-built:404")
     assert "'ndt-never-built:404' is not in the local Docker engine" in str(e.value)
-    assert [t.exec("docker", "image", "ls", "-q", "--no-trunc").stdout for t in ths] == before
+    assert images() == before
 
 
 def test_load_failing_on_one_host_names_it_and_the_other_still_gets_the_image(two, local_image):

@@ -162,16 +162,20 @@ def test_inner_docker_run_of_a_locally_imported_image(container_hosts, tmp_path:
     tar = _busybox_rootfs(tmp_path)
     subprocess.run(["docker", "cp", str(tar), f"{host.container}:/tmp/busybox.tar"], check=True,
                    capture_output=True)
-    host.exec("docker", "import", "--change", 'CMD ["/bin/busybox", "sh"]', "/tmp/busybox.tar",
-              "ndt-busybox:1")
-    cp = host.exec("docker", "run", "--rm", "--name", "bb", "ndt-busybox:1", "/bin/busybox", "sh", "-c",
+    # A tag of its own: other tests import ndt-busybox:1 into the shared hosts.
+    ref = f"ndt-isolation-{os.getpid()}:1"
+    host.exec("docker", "import", "--change", 'CMD ["/bin/busybox", "sh"]', "/tmp/busybox.tar", ref)
+    cp = host.exec("docker", "run", "--rm", "--name", "bb", ref, "/bin/busybox", "sh", "-c",
                    "echo hello from busybox; /bin/busybox cat /proc/self/cgroup", timeout=120)
     assert cp.stdout.startswith("hello from busybox\n")
     # the inner engine puts its containers under the test host's own cgroup parent
     assert f":/{host.name}/" in cp.stdout
     # ... and the image exists only in that host's engine
-    assert other.exec("docker", "image", "inspect", "ndt-busybox:1", check=False).returncode != 0
-    assert _run(["docker", "image", "inspect", "ndt-busybox:1"]).returncode != 0
+    try:
+        assert other.exec("docker", "image", "inspect", ref, check=False).returncode != 0
+        assert _run(["docker", "image", "inspect", ref]).returncode != 0
+    finally:
+        host.exec("docker", "image", "rm", "-f", ref, check=False)
 
 
 def test_stop_group_removes_containers_and_volumes(container_hosts) -> None:
