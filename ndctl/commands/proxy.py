@@ -73,6 +73,7 @@ def inspect_argv(proxy_dir: str = PROXY_DIR, container: str = PROXY_CONTAINER, n
 _READ_CONFIGS = (
     'for k in ' + " ".join(sorted(CONFIG_FILES.values())) + '; do if [ -f "$d/$k" ]; then '
     'printf "config %s %s\\n" "$k" "$(sha256sum < "$d/$k" | cut -c1-64)"; fi; done; '
+    'if [ -f "$d/version" ]; then printf "version %s\\n" "$(head -n 1 "$d/version")"; fi; '
 )
 
 
@@ -108,6 +109,15 @@ def run_proxy_argv(kind: str, image: str, *, ports: Sequence[int] = (80, 443), p
     if kind == "caddy":
         return argv + ["caddy", "run", "--config", container_config_path(kind)]
     return argv + ["nginx", "-c", container_config_path(kind), "-g", "daemon off;"]
+
+
+def version_argv(kind: str, image: str | None = None, container: str = PROXY_CONTAINER) -> Argv:
+    """The proxy's version (stdout or stderr): from the running container, or from ``image``
+    in a throw-away container (before the proxy is created, so its first config fits it)."""
+    probe = ["caddy", "version"] if check_kind(kind) == "caddy" else ["nginx", "-v"]
+    if image is None:
+        return ["docker", "exec", container, *probe]
+    return ["docker", "run", "--rm", "--network", "none", "--entrypoint", "", image, *probe]
 
 
 def start_argv(container: str = PROXY_CONTAINER) -> Argv:

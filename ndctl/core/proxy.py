@@ -35,6 +35,8 @@ DOCKER_DNS = "127.0.0.11"
 DEFAULT_DRAIN = 30
 MAX_DRAIN = 86400
 NOT_ROUTED_BODY = "nextdeploy: no app is routed for this host\n"
+#: Caddy version that added reverse_proxy's stream_close_delay
+STREAM_CLOSE_DELAY_SINCE = (2, 7, 0)
 
 _APP_RE = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 _CONTAINER_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
@@ -224,15 +226,28 @@ def grace_seconds(routes: Iterable[Route]) -> int:
     return max((r.drain_seconds for r in routes), default=DEFAULT_DRAIN)
 
 
-def render_caddy(routes: Iterable[Route]) -> str:
-    """Caddy's full JSON config (``caddy run/reload --config``), deterministic."""
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """``v2.7.6 h1:...``, ``2.6.2``, ``nginx version: nginx/1.22.1`` -> (2, 7, 6) ..."""
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    return tuple(int(g) for g in m.groups() if g is not None) if m else None
+
+
+def render_caddy(routes: Iterable[Route], version: tuple[int, ...] | None = None) -> str:
+    """Caddy's full JSON config (``caddy run/reload --config``), deterministic.
+
+    In-flight requests on the old upstream finish within ``grace_period``. Upgraded
+    connections (WebSockets) are closed by Caddy when a config is unloaded; from 2.7 on,
+    ``stream_close_delay`` keeps them open for the route's drain time instead, so it is
+    rendered when ``version`` (the running Caddy's) is known to have it.
+    """
     ordered = check_routes(routes)
+    delays = version is not None and version >= STREAM_CLOSE_DELAY_SINCE
     caddy_routes: list[dict[str, Any]] = []
     for r in ordered:
-        route: dict[str, Any] = {
-            "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": r.upstream}]}],
-            "terminal": True,
-        }
+        handler: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": r.upstream}]}
+        if delays:
+            handler["stream_close_delay"] = f"{r.drain_seconds}s"
+        route: dict[str, Any] = {"handle": [handler], "terminal": True}
         if r.hosts:
             route["match"] = [{"host": list(r.hosts)}]
         caddy_routes.append(route)
@@ -277,6 +292,7 @@ def render_nginx(routes: Iterable[Route]) -> str:
         "http {",
         "    access_log off;",
         f"    resolver {DOCKER_DNS} valid=5s ipv6=off;",
+        "    resolver_timeout 5s;",
         "    map $http_upgrade $nd_connection {",
         "        default upgrade;",
         "        \"\" \"\";",
@@ -322,8 +338,8 @@ def _nginx_json(text: str) -> str:
     return json.dumps(text)
 
 
-def render(kind: str, routes: Iterable[Route]) -> str:
-    return render_caddy(routes) if check_kind(kind) == "caddy" else render_nginx(routes)
+def render(kind: str, routes: Iterable[Route], version: tuple[int, ...] | None = None) -> str:
+    return render_caddy(routes, version) if check_kind(kind) == "caddy" else render_nginx(routes)
 
 
 def config_name(kind: str) -> str:

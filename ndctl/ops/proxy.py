@@ -28,6 +28,7 @@ from ndctl.core.proxy import (
     config_name,
     kind_of_config,
     parse_route_listing,
+    parse_version,
     render,
 )
 from ndctl.core.results import HostResult, Status
@@ -43,6 +44,7 @@ class _State:
     listing_hash: str  # sha256 of the route listing, as the commit script recomputes it
     network: bool | None = None
     container: tuple[str, str, str] | None = None  # (status, kind label, image)
+    version: tuple[int, ...] | None = None  # the proxy's, recorded in proxy/version by ensure_proxy
 
 
 def _sha(text: str) -> str:
@@ -54,12 +56,15 @@ def _parse_state(host: Host, stdout: str) -> _State:
     route_lines: list[str] = []
     network: bool | None = None
     container: tuple[str, str, str] | None = None
+    version: tuple[int, ...] | None = None
     for line in stdout.splitlines():
         if line.startswith("route "):
             route_lines.append(line + "\n")
         elif line.startswith("config "):
             _, name, digest = line.split(" ", 2)
             configs[name] = digest
+        elif line.startswith("version "):
+            version = parse_version(line[8:])
         elif line.startswith("network "):
             network = line == "network yes"
         elif line.startswith("container "):
@@ -70,7 +75,7 @@ def _parse_state(host: Host, stdout: str) -> _State:
         routes = parse_route_listing("".join(route_lines))
     except RouteError as e:
         raise RouteError(f"{host.name}: {e}", hint="fix or remove that file on the host") from None
-    return _State(configs, routes, _sha("".join(route_lines)), network, container)
+    return _State(configs, routes, _sha("".join(route_lines)), network, container, version)
 
 
 def _check(host: Host, r: HostResult, what: str) -> HostResult:
@@ -126,8 +131,20 @@ async def ensure_proxy(runner: Runner, host: Host, kind: str, image: str, *,
         await _run(runner, host, cmd.network_create_argv(), "creating the nextdeploy network")
         created_network = True
         status.changes.append("created network nextdeploy")
+    version = state.version
+    if state.container is None or version is None:
+        # Before the first config is written: what it may contain depends on the version.
+        source = image if state.container is None else None
+        r = await _run(runner, host, cmd.version_argv(kind, source), f"asking the {kind} proxy its version",
+                       check=False)
+        found = parse_version(r.stdout + " " + r.stderr) if r.status is Status.OK else None
+        if found is not None and found != version:
+            await _run(runner, host, cmd.mkdirs_argv(), "creating the proxy directory")
+            await _run(runner, host, cmd.write_file_argv(f"{PROXY_DIR}/version"), "recording the proxy version",
+                       input=".".join(map(str, found)) + "\n")
+            version = found
     if config_name(kind) not in state.configs:
-        text = render(kind, state.routes)
+        text = render(kind, state.routes, version)
         await _run(runner, host, cmd.mkdirs_argv(), "creating the proxy directory")
         await _run(runner, host, cmd.write_file_argv(f"{PROXY_DIR}/{config_name(kind)}"), "writing the proxy config",
                    input=text)
@@ -164,7 +181,7 @@ async def _apply(runner: Runner, host: Host, app: str, route: Route | None) -> P
         others = [r for r in state.routes if r.app != app]
         new_routes = others + ([route] if route is not None else [])
         check_routes(new_routes)  # a host clash is refused before anything changes
-        text = render(kind, new_routes)
+        text = render(kind, new_routes, state.version)
         if before == route and state.configs.get(config_name(kind)) == _sha(text):
             return ProxyChange(app, "unchanged", kind, before, route, time.monotonic() - started)
         argv = cmd.commit_argv(kind, app, state.listing_hash, route.to_json() if route else None)

@@ -180,6 +180,7 @@ events {{
 http {{
     access_log off;
     resolver 127.0.0.11 valid=5s ipv6=off;
+    resolver_timeout 5s;
     map $http_upgrade $nd_connection {{
         default upgrade;
         "" "";
@@ -322,11 +323,12 @@ def test_scripts_embed_the_same_reload_as_the_builders() -> None:
 
 FAKE_DOCKER = """#!/bin/sh
 echo "$*" >> "$FAKE_LOG"
-case " $* " in *" $FAKE_FAIL "*) echo "fake docker: $FAKE_FAIL failed" >&2; exit 1;; esac
+[ -n "$FAKE_FAIL" ] && case " $* " in *" $FAKE_FAIL "*) echo "fake docker: $FAKE_FAIL failed" >&2; exit 1;; esac
 if [ "$1" = top ]; then  # a new nginx worker pid on every call: the reload has turned them over
   n=$(cat "$FAKE_LOG.pid" 2>/dev/null || echo 100); echo $((n + 1)) > "$FAKE_LOG.pid"
   echo "PID COMMAND"; echo "1 nginx: master process nginx"; echo "$n nginx: worker process"; exit 0
 fi
+case " $* " in *" caddy version "*|*" nginx -v "*) [ -n "$FAKE_VERSION" ] && echo "$FAKE_VERSION";; esac
 case "$1 $2" in
   "network inspect") [ "$FAKE_NETWORK" = yes ] || exit 1;;
   "container inspect") [ -n "$FAKE_CONTAINER" ] || exit 1; echo "$FAKE_CONTAINER";;
@@ -346,7 +348,7 @@ class LocalRunner:
         (bindir / "docker").chmod(0o755)
         self.log = tmp / "docker.log"
         self.env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "FAKE_LOG": str(self.log),
-                    "FAKE_FAIL": "", "FAKE_NETWORK": "yes", "FAKE_CONTAINER": "", **env}
+                    "FAKE_FAIL": "", "FAKE_NETWORK": "yes", "FAKE_CONTAINER": "", "FAKE_VERSION": "", **env}
         self.calls: list[list[str]] = []
         self.before_commit = None
 
@@ -477,7 +479,7 @@ def test_set_route_without_a_proxy(tmp_path: Path) -> None:
 
 
 def test_ensure_proxy_creates_then_is_idempotent(tmp_path: Path) -> None:
-    runner = LocalRunner(tmp_path, FAKE_NETWORK="no")
+    runner = LocalRunner(tmp_path, FAKE_NETWORK="no", FAKE_VERSION="v2.7.6 h1:xyz=")
     (runner.dir / "routes").mkdir(parents=True)
     (runner.dir / "routes" / "web.json").write_text(WEB.to_json())
     status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "nextdeploy-caddy:local"))
@@ -486,10 +488,13 @@ def test_ensure_proxy_creates_then_is_idempotent(tmp_path: Path) -> None:
         "wrote /var/lib/nextdeploy/proxy/caddy.json (1 route(s))",
         "started nextdeploy-proxy (caddy, nextdeploy-caddy:local)",
     ]
-    assert (runner.dir / "caddy.json").read_text() == render_caddy([WEB])
+    # the first config already fits the image's Caddy version (2.7: stream_close_delay)
+    assert (runner.dir / "caddy.json").read_text() == render_caddy([WEB], (2, 7, 6))
+    assert (runner.dir / "version").read_text() == "2.7.6\n"
     calls = runner.docker_calls()
-    assert calls[-3:] == [
+    assert calls[-4:] == [
         "network create --label com.nextdeploy.role=network nextdeploy",
+        "run --rm --network none --entrypoint  nextdeploy-caddy:local caddy version",
         " ".join(cmd.run_proxy_argv("caddy", "nextdeploy-caddy:local", proxy_dir=str(runner.dir))[1:]),
         "exec nextdeploy-proxy caddy reload --config /etc/nextdeploy/proxy/caddy.json",
     ]
@@ -509,3 +514,39 @@ def test_ensure_proxy_that_cannot_start_leaves_nothing(tmp_path: Path) -> None:
         asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
     assert runner.docker_calls()[-2:] == ["rm -f nextdeploy-proxy", "network rm nextdeploy"]
     assert not (runner.dir / "caddy.json").exists()
+
+
+# ----- versions -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("v2.7.6 h1:Ab3=", (2, 7, 6)), ("2.6.2", (2, 6, 2)), ("nginx version: nginx/1.22.1", (1, 22, 1)),
+    ("v2.10", (2, 10)), ("", None), ("unknown", None),
+])
+def test_parse_version(text: str, expected) -> None:
+    from ndctl.core.proxy import parse_version
+    assert parse_version(text) == expected
+
+
+def test_caddy_stream_close_delay_only_where_supported() -> None:
+    assert render_caddy([WEB, API], (2, 6, 2)) == render_caddy([WEB, API]) == render_caddy([WEB, API], None)
+    modern = json.loads(render_caddy([WEB, API], (2, 7, 0)))
+    handlers = [r["handle"][0] for r in modern["apps"]["http"]["servers"]["nextdeploy"]["routes"]]
+    assert handlers == [
+        {"handler": "reverse_proxy", "upstreams": [{"dial": "nd-api-11223344:3000"}], "stream_close_delay": "45s"},
+        {"handler": "reverse_proxy", "upstreams": [{"dial": "nd-web-0a1b2c3d:8080"}], "stream_close_delay": "10s"},
+        NOT_ROUTED["handle"][0],
+    ]
+    assert render("nginx", [WEB], (2, 7, 0)) == render_nginx([WEB])
+
+
+def test_version_argv() -> None:
+    assert cmd.version_argv("caddy") == ["docker", "exec", "nextdeploy-proxy", "caddy", "version"]
+    assert cmd.version_argv("nginx", "nginx:1.27") == ["docker", "run", "--rm", "--network", "none",
+                                                      "--entrypoint", "", "nginx:1.27", "nginx", "-v"]
+
+
+def test_set_route_renders_for_the_recorded_version(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", ())
+    (runner.dir / "version").write_text("2.8.4\n")
+    asyncio.run(ops.set_route(runner, HOST, WEB))
+    assert (runner.dir / "caddy.json").read_text() == render_caddy([WEB], (2, 8, 4))
