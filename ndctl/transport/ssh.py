@@ -293,6 +293,47 @@ class Runner:
             return c
 
     # ----- running ----------------------------------------------------------
+    async def _in_session(self, host: Host, started: float,
+                          body: Callable[[asyncssh.SSHClientConnection], Awaitable[HostResult]]) -> HostResult:
+        """Run ``body`` with a session channel slot of the host's connection.
+
+        Handles what every command shares: a connection dropped while idle is
+        re-opened once; a channel refused by sshd's MaxSessions is retried with
+        backoff; a connection lost before the command started is "unreachable"
+        (once started, ``body`` reports a lost connection as a failure).
+        """
+        try:
+            c = await self.connect(host)
+        except NdctlError as e:
+            return _unreachable(host, e, started)
+        attempts = max(1, self.opts.channel_attempts)
+        reconnected = False
+        for attempt in range(attempts):
+            if c.conn.is_closed() and not reconnected:
+                # dropped while idle (sshd restarted, NAT timeout): one fresh connection, then carry on
+                self._conns.pop(host.name, None)
+                reconnected = True
+                try:
+                    c = await self.connect(host)
+                except NdctlError as e:
+                    return _unreachable(host, e, started)
+            try:
+                async with c.channels:
+                    return await body(c.conn)
+            except asyncssh.ChannelOpenError as e:
+                if c.conn.is_closed() and not reconnected:
+                    continue  # the connection went away under us: reconnect at the top of the loop
+                # MaxSessions reached (another ndctl, a user's ssh multiplexing): back off and retry.
+                if attempt == attempts - 1:
+                    return HostResult(host.name, Status.FAILED, None, "", "", time.monotonic() - started,
+                                      error=f"channel open refused: {e.reason}")
+                await asyncio.sleep(0.1 * 2**attempt + random.uniform(0, 0.1))
+            except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as e:
+                self._conns.pop(host.name, None)
+                return _unreachable(host, HostUnreachable(f"connection to {host.name} lost: {_describe(e)}"),
+                                    started)
+        raise AssertionError("unreachable")
+
     async def run(
         self,
         host: Host,
@@ -304,45 +345,15 @@ class Runner:
     ) -> HostResult:
         """Run one argv on one host. Never raises for remote failures: returns a HostResult."""
         started = time.monotonic()
-        try:
-            c = await self.connect(host)
-        except NdctlError as e:
-            return _unreachable(host, e, started)
         command = shlex.join(argv)
-        if isinstance(input, bytes):
-            input = input.decode("utf-8")
+        text = input.decode("utf-8") if isinstance(input, bytes) else input
         timeout = timeout if timeout is not None else self.opts.command_timeout
-        attempts = max(1, self.opts.channel_attempts)
-        reconnected = False
-        for attempt in range(attempts):
-            proc = None
-            if c.conn.is_closed() and not reconnected:
-                # dropped while idle (sshd restarted, NAT timeout): one fresh connection, then carry on
-                self._conns.pop(host.name, None)
-                reconnected = True
-                try:
-                    c = await self.connect(host)
-                except NdctlError as e:
-                    return _unreachable(host, e, started)
-            try:
-                async with c.channels:
-                    proc = await c.conn.create_process(command, encoding="utf-8", errors="replace")
-                    return await self._collect(host, proc, input, timeout, on_output, started)
-            except asyncssh.ChannelOpenError as e:
-                if c.conn.is_closed() and not reconnected:
-                    continue  # the connection went away under us: reconnect at the top of the loop
-                # MaxSessions reached (another ndctl, a user's ssh multiplexing): back off and retry.
-                if attempt == attempts - 1:
-                    return HostResult(host.name, Status.FAILED, None, "", "", time.monotonic() - started,
-                                      error=f"channel open refused: {e.reason}")
-                await asyncio.sleep(0.1 * 2**attempt + random.uniform(0, 0.1))
-            except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as e:
-                # Raised before the command started (the channel open); once started, _collect
-                # turns a lost connection into a failure with the output received so far.
-                self._conns.pop(host.name, None)
-                return _unreachable(host, HostUnreachable(f"connection to {host.name} lost: {_describe(e)}"),
-                                    started)
-        raise AssertionError("unreachable")
+
+        async def body(conn: asyncssh.SSHClientConnection) -> HostResult:
+            proc = await conn.create_process(command, encoding="utf-8", errors="replace")
+            return await self._collect(host, proc, text, timeout, on_output, started)
+
+        return await self._in_session(host, started, body)
 
     async def _collect(self, host: Host, proc: asyncssh.SSHClientProcess, input: str | None,
                        timeout: float | None, on_output: OutputCallback | None, started: float) -> HostResult:
@@ -414,39 +425,15 @@ class Runner:
         ``{"stdin_bytes": N}``, the bytes handed to the channel.
         """
         started = time.monotonic()
+        command = shlex.join(argv)
+        timeout = timeout if timeout is not None else self.opts.command_timeout
+
+        async def body(conn: asyncssh.SSHClientConnection) -> HostResult:
+            proc = await conn.create_process(command, encoding=None)
+            return await self._collect_stream(host, proc, source, timeout, started)
+
         try:
-            try:
-                c = await self.connect(host)
-            except NdctlError as e:
-                return _unreachable(host, e, started)
-            command = shlex.join(argv)
-            timeout = timeout if timeout is not None else self.opts.command_timeout
-            attempts = max(1, self.opts.channel_attempts)
-            reconnected = False
-            for attempt in range(attempts):
-                if c.conn.is_closed() and not reconnected:
-                    self._conns.pop(host.name, None)
-                    reconnected = True
-                    try:
-                        c = await self.connect(host)
-                    except NdctlError as e:
-                        return _unreachable(host, e, started)
-                try:
-                    async with c.channels:
-                        proc = await c.conn.create_process(command, encoding=None)
-                        return await self._collect_stream(host, proc, source, timeout, started)
-                except asyncssh.ChannelOpenError as e:
-                    if c.conn.is_closed() and not reconnected:
-                        continue
-                    if attempt == attempts - 1:
-                        return HostResult(host.name, Status.FAILED, None, "", "", time.monotonic() - started,
-                                          error=f"channel open refused: {e.reason}")
-                    await asyncio.sleep(0.1 * 2**attempt + random.uniform(0, 0.1))
-                except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as e:
-                    self._conns.pop(host.name, None)
-                    return _unreachable(host, HostUnreachable(f"connection to {host.name} lost: {_describe(e)}"),
-                                        started)
-            raise AssertionError("unreachable")
+            return await self._in_session(host, started, body)
         finally:
             await _aclose(source)
 
