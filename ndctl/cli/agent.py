@@ -48,7 +48,7 @@ def _confirm_host_key(desc: str, fp: str) -> bool:
 
 
 @app.command("register")
-def register(
+def register_agent(
     name: str = typer.Option(..., "--name", "-n", help="Agent name; resolved like `ssh NAME` (~/.ssh/config)."),
     tags: Optional[str] = typer.Option(None, "--tags", "-t", help="Comma-separated manual tags."),
     address: Optional[str] = typer.Option(None, "--address", help="Override the address (HostName)."),

@@ -33,7 +33,7 @@ APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,127}$")  # docker: at least 2 characters
 HOSTNAME_RE = re.compile(
     r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -144,12 +144,13 @@ def parse_volume(text: Any) -> Volume:
         raise ValueError(f"{text!r} is not a volume (use name:/path or name:/path:ro)")
     name, path = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
-    if name.startswith(("/", ".")):
+    if name.startswith(("/", ".", "~")):
         raise ValueError(f"{text!r}: host paths are not supported, only named volumes (name:/path)")
     if not VOLUME_NAME_RE.match(name):
-        raise ValueError(f"{text!r}: volume name {name!r} must be letters, digits, '_', '.' or '-'")
-    if not path.startswith("/") or "," in path or "\n" in path:
-        raise ValueError(f"{text!r}: the container path must be absolute (and without ',')")
+        raise ValueError(f"{text!r}: volume name {name!r} must be letters, digits, '_', '.' or '-' "
+                         "(at least 2 characters, starting with a letter or digit)")
+    if not path.startswith("/") or path == "/" or "," in path or any(ord(c) < 32 for c in path):
+        raise ValueError(f"{text!r}: the container path must be absolute, not / (and without ',')")
     if mode not in ("ro", "rw"):
         raise ValueError(f"{text!r}: mode must be ro or rw, not {mode!r}")
     return Volume(name=name, path=path, read_only=mode == "ro")

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 from ndctl.commands.docker import LABEL_ROLE, NETWORK, ROLE_ACCESSORY
 from ndctl.commands.shell import with_sudo
+from ndctl.core.appspec import Volume
+from ndctl.core.appspec import parse_volume as _parse_volume
 from ndctl.core.errors import ConflictError, UsageError
 from ndctl.core.inventory import Host
 from ndctl.core.results import GroupResult, HostResult, Status
@@ -41,7 +43,6 @@ LABEL_SPEC = "com.nextdeploy.spec"
 LABEL_ONEOFF = "com.nextdeploy.oneoff"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_VOLUME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")  # docker: at least 2 characters
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -53,14 +54,7 @@ PullPolicy = Literal["missing", "never"]
 # The spec, parsed from the command line (pure)
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class VolumeMount:
-    name: str
-    path: str
-    read_only: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.path}" + (":ro" if self.read_only else "")
+VolumeMount = Volume  # one volume syntax for nextdeploy.yaml and `ndctl run -v`
 
 
 @dataclass(frozen=True)
@@ -102,21 +96,10 @@ class AccessorySpec:
 
 def parse_volume(text: str) -> VolumeMount:
     """``name:/path[:ro|:rw]`` (a named volume; host paths are refused for now)."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise UsageError(f"--volume {text!r}: expected NAME:/PATH[:ro]")
-    name, path = parts[0], parts[1]
-    mode = parts[2] if len(parts) == 3 else "rw"
-    if name.startswith(("/", ".", "~")):
-        raise UsageError(f"--volume {text!r}: host paths are not supported yet, use a named volume (NAME:/PATH)")
-    if not _VOLUME_RE.match(name):
-        raise UsageError(f"--volume {text!r}: volume name {name!r} must be letters, digits, '_', '.' or '-' "
-                         "(at least 2 characters, starting with a letter or digit)")
-    if not path.startswith("/") or any(ord(c) < 32 for c in path) or path == "/":
-        raise UsageError(f"--volume {text!r}: the container path must be absolute and not /")
-    if mode not in ("ro", "rw"):
-        raise UsageError(f"--volume {text!r}: mode must be ro or rw, not {mode!r}")
-    return VolumeMount(name, path, mode == "ro")
+    try:
+        return _parse_volume(text)
+    except ValueError as e:
+        raise UsageError(f"--volume {e}") from None
 
 
 def parse_env(text: str, environ: dict[str, str] | None = None) -> tuple[str, str]:

@@ -149,7 +149,7 @@ def test_run_bad_input_changes_nothing(cli, fleet):
     assert r.returncode == ExitStatus.HOST_FAILED
     assert "image ndt-never-built:404 is not on acc-1; --ship sends it" in r.stderr
     r = cli("run", ref, "-v", "/etc:/host-etc")
-    assert r.returncode == ExitStatus.USAGE and "host paths are not supported yet" in r.stderr
+    assert r.returncode == ExitStatus.USAGE and "host paths are not supported" in r.stderr
     r = cli("run", ref, "-p", "99999:80")
     assert r.returncode == ExitStatus.USAGE and "'99999' is not a port number" in r.stderr
     # A container that ndctl did not create is never touched, even with --replace.

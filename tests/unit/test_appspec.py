@@ -211,14 +211,14 @@ def test_bad_parallel(value: object) -> None:
 @pytest.mark.parametrize("text,vol", [
     ("db-data:/var/lib/postgresql", Volume("db-data", "/var/lib/postgresql")),
     ("certs:/certs:ro", Volume("certs", "/certs", True)),
-    ("x:/y:rw", Volume("x", "/y")),
+    ("xy:/y:rw", Volume("xy", "/y")),
 ])
 def test_volumes(text: str, vol: Volume) -> None:
     assert parse_volume(text) == vol
     assert str(parse_volume(text)) == text.removesuffix(":rw")
 
 
-@pytest.mark.parametrize("text", ["/host:/c", "name", "name:relative", "a:/b:rx", "a:/b:ro:x", "-v:/x",
+@pytest.mark.parametrize("text", ["/host:/c", "name", "name:relative", "ab:/b:rx", "ab:/b:ro:x", "-v:/x", "a:/b",
                                   "./x:/y", "a:/b,c", 5])
 def test_bad_volumes(text: object) -> None:
     with pytest.raises(ValueError):
