@@ -1,4 +1,5 @@
-"""``ndctl exec``: run a shell command on every selected host at once."""
+"""``ndctl exec``: run a shell command on every selected host at once (or, with ``--app``,
+inside the app's serving container on each of them)."""
 from __future__ import annotations
 
 import sys
@@ -19,6 +20,8 @@ def exec_command(
     forks: Optional[int] = typer.Option(None, "--forks", "-f", min=1,
                                         help="Hosts at once (default: settings.forks, 100)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, help="Per-host command timeout, seconds."),
+    app: Optional[str] = typer.Option(None, "--app", help="Run inside APP's serving container (docker exec) "
+                                                          "instead of on the hosts."),
 ) -> None:
     """Run a shell command on the selected hosts; exit 0 only if it succeeded everywhere.
 
@@ -26,6 +29,11 @@ def exec_command(
     unreachable (wins over 3), 5 the selector matched no host, 6 host key
     refused or changed (every failing host), 7 authentication failed (every
     failing host).
+
+    With ``--app APP`` the command runs in the container the proxy routes APP's
+    traffic to on each host (``docker exec``; one word is run with the
+    container's ``sh -c``, several words are an exact argv). Hosts where APP is
+    not deployed are skipped with a note; none at all is an error (exit 5).
     """
     from ndctl.api import Fleet
     from ndctl.cli.main import state
@@ -52,7 +60,10 @@ def exec_command(
             target.write(prefix + line + "\n")
             target.flush()
 
-    result = fleet.exec(command, on_output=on_output if streaming else None, timeout=timeout)
+    if app is not None:
+        result = _exec_in_app(fleet, app, command, on_output if streaming else None, timeout)
+    else:
+        result = fleet.exec(command, on_output=on_output if streaming else None, timeout=timeout)
     if fmt in (Output.json, Output.yaml):
         output.emit_data(result.to_dict(), fmt)
     else:
@@ -68,6 +79,28 @@ def exec_command(
         output.summary(result)
     if not result.ok:
         raise typer.Exit(int(result.exit_status()))
+
+
+def _exec_in_app(fleet, app: str, command: List[str], on_output, timeout: Optional[float]):
+    import asyncio
+
+    from ndctl.commands.appstate import _app
+    from ndctl.ops.deploy import exec_in_app
+    from ndctl.transport.ssh import Runner
+
+    try:
+        _app(app)
+    except ValueError as e:
+        raise UsageError(f"--app: {e}") from e
+
+    async def main():
+        async with Runner(fleet.run_options()) as runner:
+            return await exec_in_app(runner, fleet.hosts, app, command, on_output=on_output, timeout=timeout)
+
+    result, missing = asyncio.run(main())
+    for host in missing:
+        sys.stderr.write(f"{host}: {app} is not deployed here: skipped\n")
+    return result
 
 
 def register(root: typer.Typer) -> None:

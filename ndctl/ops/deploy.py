@@ -3,11 +3,20 @@
 The plan decides *what* happens (and what a failure means); this module only
 executes steps with the builders of ``ndctl.commands`` and the proxy, image and
 helper operations, and reports every step as it goes.
+
+Interruptions: a dropped connection during a step is handled like Ctrl-C
+(``on_failure(interrupted=True)``), and its cleanup runs over a fresh
+connection; Ctrl-C arrives as the cancellation of the deploy's task
+(``asyncio.run`` cancels the main task on SIGINT), is caught per host, the
+cleanup runs, and the cancellation goes on. Whatever ends a deploy, every host
+still holding its lock is released before it returns or raises, and
+:attr:`Deployer.report` holds the per-host outcome (also when cancelled).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +26,7 @@ from ndctl.commands import appstate, docker
 from ndctl.commands.shell import with_sudo
 from ndctl.core import deployplan as dp
 from ndctl.core.appspec import AppSpec
-from ndctl.core.errors import ConflictError, NdctlError, UsageError
+from ndctl.core.errors import ExitStatus, NdctlError, NotFoundError, RemoteError, UsageError
 from ndctl.core.health import parse_health
 from ndctl.core.inventory import Host, Inventory
 from ndctl.core.proxy import Route
@@ -25,16 +34,108 @@ from ndctl.core.results import GroupResult, HostResult, Status
 from ndctl.ops import images as image_ops
 from ndctl.ops import proxy as proxy_ops
 from ndctl.ops.helper import run_helper
-from ndctl.transport.ssh import Runner
+from ndctl.transport.ssh import OutputCallback, Runner
 
 EventCallback = Callable[[str, str, str], None]  # (host, event, message)
 
+RESULT_SKIPPED = "skipped"  # in reports only: the host's batch never ran (never in history)
+
+
+def connection_lost(r: HostResult | None) -> bool:
+    """The command's connection dropped (or never came up): not a verdict on the command itself."""
+    if r is None:
+        return False
+    if r.status is Status.UNREACHABLE:
+        return True
+    # No exit status: the channel or connection ended under the command (the transport's
+    # "connection lost ..."; a parser may have replaced that error text since).
+    return r.status is Status.FAILED and r.exit_code is None
+
+
+def explain(host: str, r: HostResult) -> str | None:
+    """A clear cause for failures any Docker step can hit on an unprepared host, else None."""
+    text = f"{r.stderr}\n{r.stdout}\n{r.error or ''}"
+    if re.search(r"docker: (command )?not found|\"docker\": executable file not found|"
+                 r"docker: No such file or directory", text):
+        return (f"Docker is not installed on {host} (no `docker` command in its PATH); "
+                f"prepare the host first: `ndctl agent prepare --tags name:{host}`")
+    if "Cannot connect to the Docker daemon" in text or "Is the docker daemon running" in text:
+        return f"the Docker daemon is not running on {host} (start it, or run `ndctl agent prepare`)"
+    if "permission denied" in text.lower() and "docker.sock" in text:
+        return (f"permission denied on the Docker socket of {host}: log in as root, or set the host's "
+                f"sudo option (passwordless sudo)")
+    return None
+
+
+_PORT_RE = re.compile(r":(\d+)(?: failed: port is already allocated|: bind: address already in use)")
+_CLASH_RE = re.compile(r"(Bind for \S+ failed: port is already allocated|listen \S+ \S+: bind: address already in use)")
+
+
+def port_clash(host: str, kind: str, text: str) -> str | None:
+    """The message for a proxy that cannot publish its port, else None."""
+    if "port is already allocated" not in text and "address already in use" not in text:
+        return None
+    m = _PORT_RE.search(text)
+    port = m.group(1) if m else "80 or 443"
+    clash = _CLASH_RE.search(text)
+    why = f" ({clash.group(1)})" if clash else ""
+    return (f"port {port} is already in use on {host}, so the {kind} proxy cannot start{why}; "
+            f"free the port and deploy again (nothing was deployed)")
+
+
+# Before switching back to a release that still runs (a rollback inside its grace
+# period), the delayed stop scheduled for it (appstate.schedule_stop) must not
+# fire: its sleeper is killed, and a `docker stop` already under way (the sleeper
+# checked current.json before the rollback wrote it) is waited for. Prints the
+# container's State.Running afterwards: "false" means it was stopped meanwhile and
+# the rollback must start it again. $1 container, $2 polls of 0.2 s at most.
+_DEFUSE_STOP = (
+    'c="$1"; pkill -f "nd-stop-later [^ ]* [^ ]* $c " 2>/dev/null; i=0; '
+    'while pgrep -f "docker stop -t [0-9]* $c\\$" >/dev/null 2>&1; do '
+    'i=$((i + 1)); [ "$i" -lt "$2" ] || break; sleep 0.2; done; '
+    'exec docker container inspect --format "{{.State.Running}}" "$c"'
+)
+
+
+def defuse_stop_argv(container: str, *, wait: float) -> list[str]:
+    """Cancel the pending delayed stop of ``container`` and wait (up to ``wait`` s) for one in flight."""
+    if not _CONTAINER_RE.match(container):
+        raise ValueError(f"invalid container name {container!r}")
+    return ["sh", "-c", _DEFUSE_STOP, "nd-defuse-stop", container, str(max(1, int(wait / 0.2)))]
+
+
+_CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
 
 class StepFailed(NdctlError):
+    exit_status = ExitStatus.HOST_FAILED
+
     def __init__(self, step: dp.Step, message: str, result: HostResult | None = None) -> None:
         super().__init__(f"{step.action.value}: {message}")
         self.step = step
         self.result = result
+        self.lost = connection_lost(result)
+
+
+def _text(e: BaseException) -> str:
+    """An error's message with its hint: a report line must say what to do, not only what broke."""
+    hint = getattr(e, "hint", None)
+    return f"{e} ({hint})" if hint else str(e)
+
+
+def _lost(e: BaseException) -> bool:
+    if isinstance(e, StepFailed):
+        return e.lost
+    return isinstance(e, RemoteError) and connection_lost(e.result)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _stamp(dt: datetime | None) -> str | None:
+    """Millisecond UTC timestamps for reports (the order of batches is visible in them)."""
+    return None if dt is None else dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @dataclass
@@ -48,14 +149,27 @@ class HostRun:
     switched: bool = False
     message: str = ""
     logs: str = ""
-    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    locked: bool = False
+    started: datetime = field(default_factory=_now)
+    locked: bool = False  # this operation holds the app's lock on the host
+    lock_pending: bool = False  # a lock request was sent: it may hold the lock even without an answer
+    created_network: bool = False
+    exit_status: ExitStatus | None = None
+    rollout_started: datetime | None = None
+    rollout_finished: datetime | None = None
+    rolled_back: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host.name, "result": self.result, "switched": self.switched, "message": self.message,
-                "version": self.plan.version if self.plan else None,
-                "container": self.plan.green if self.plan else None,
-                "steps": self.done, "logs": self.logs}
+        out = {"host": self.host.name, "result": self.result, "switched": self.switched, "message": self.message,
+               "version": self.plan.version if self.plan else None,
+               "container": self.plan.green if self.plan else None,
+               "blue": self.plan.blue.name if self.plan and self.plan.blue else None,
+               "started_at": _stamp(self.started),
+               "rollout_started_at": _stamp(self.rollout_started),
+               "rollout_finished_at": _stamp(self.rollout_finished),
+               "steps": self.done, "logs": self.logs}
+        if self.rolled_back is not None:
+            out["rolled_back"] = self.rolled_back
+        return out
 
 
 class Deployer:
@@ -67,6 +181,8 @@ class Deployer:
         self.on_event = on_event or (lambda h, e, m: None)
         self.who, self.origin = appstate.operator()
         self.base = appstate.BASE_DIR
+        #: the last deploy's (GroupResult, summary); set before deploy() returns or raises
+        self.report: tuple[GroupResult, dict[str, Any]] | None = None
 
     # ----- plumbing ------------------------------------------------------------
     async def _run(self, host: Host, argv: list[str], *, input: str | bytes | None = None,
@@ -77,46 +193,87 @@ class Deployer:
     async def _must(self, host: Host, step: dp.Step, argv: list[str], **kw: Any) -> HostResult:
         r = await self._run(host, argv, **kw)
         if not r.ok:
-            why = r.error or (r.stderr.strip().splitlines() or [f"exit status {r.exit_code}"])[-1]
+            why = explain(host.name, r) or r.error or \
+                (r.stderr.strip().splitlines() or [f"exit status {r.exit_code}"])[-1]
             raise StepFailed(step, why, r)
         return r
 
     async def observe(self, host: Host) -> dp.HostState:
-        """The host's state for this app, in two round trips."""
+        """The host's state for this app, in three round trips."""
         app = self.spec.app
         c = await self._run(host, docker.list_app_containers(app))
         s = await self._run(host, appstate.read_state(app, history_tail=200))
         for r in (c, s):
             if not r.ok:
-                raise NdctlError(f"{host.name}: cannot read the state of {app}: "
-                                 f"{r.error or r.stderr.strip() or r.exit_code}")
+                raise RemoteError(f"{host.name}: cannot read the state of {app}: "
+                                  f"{explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code}", r)
         ids = await self._run(host, ["docker", "image", "ls", "--no-trunc", "--quiet"])
         return dp.HostState.from_outputs(host.name, app, containers_text=c.stdout, state_text=s.stdout,
                                          history_tail=200, image_ids=ids.stdout.split() if ids.ok else None,
                                          network=True, proxy=True)
 
+    async def _release(self, run: HostRun, deploy_id: str) -> None:
+        """Free this operation's lock on the host (a no-op when it holds none); raises when it cannot."""
+        r = await self._run(run.host, appstate.release_lock(self.spec.app, deploy_id))
+        if r.ok:
+            run.locked = run.lock_pending = False
+            return
+        if r.exit_code == appstate.LOCK_HELD:  # another deploy's lock: never ours to free
+            run.locked = run.lock_pending = False
+            return
+        raise StepFailed(dp.Step(dp.Action.UNLOCK, deploy_id=deploy_id),
+                         explain(run.host.name, r) or r.error or r.stderr.strip() or f"exit status {r.exit_code}", r)
+
+    async def _release_quietly(self, run: HostRun, deploy_id: str) -> None:
+        if not (run.locked or run.lock_pending):
+            return
+        try:
+            await asyncio.shield(self._release(run, deploy_id))
+        except Exception as e:  # noqa: BLE001 - reported; the message says how to free it
+            self.on_event(run.host.name, "cleanup-failed", f"unlock: {e}")
+            run.message = _join(run.message, self._lock_left(run))
+
+    def _lock_left(self, run: HostRun) -> str:
+        app = self.spec.app
+        return (f"the lock of {app} stays on {run.host.name} (held by {self.who}); "
+                f"`ndctl deploy status {app}` shows it, `ndctl deploy unlock {app}` frees it")
+
     # ----- steps -----------------------------------------------------------------
     async def step(self, run: HostRun, step: dp.Step) -> None:
+        """Run one step; it is appended to ``run.done`` (with its error when it failed)."""
+        t0 = time.monotonic()
+        self.on_event(run.host.name, step.action.value, step.why)
+        try:
+            await self._do(run, step)
+        except BaseException as e:
+            run.done.append({**step.to_dict(), "seconds_taken": round(time.monotonic() - t0, 3), "ok": False,
+                             "error": "interrupted" if isinstance(e, asyncio.CancelledError) else str(e)})
+            raise
+        run.done.append({**step.to_dict(), "seconds_taken": round(time.monotonic() - t0, 3), "ok": True})
+
+    async def _do(self, run: HostRun, step: dp.Step) -> None:
         host, spec, plan = run.host, self.spec, run.plan
         A = dp.Action
-        t0 = time.monotonic()
-        self.on_event(host.name, step.action.value, step.why)
         if step.action is A.ENSURE_NETWORK:
-            await self._must(host, step, docker.ensure_network())
+            r = await self._must(host, step, docker.ensure_network())
+            run.created_network = r.stdout.strip() == "created"
         elif step.action is A.ENSURE_PROXY:
-            await proxy_ops.ensure_proxy(self.runner, host, spec.proxy.kind, step.image or spec.proxy.image_ref)
+            await self._ensure_proxy(run, step)
         elif step.action is A.LOCK:
             payload = appstate.lock_payload(who=self.who, from_=self.origin, at=dp.iso(run.started),
                                             version=plan.version if plan else "", deploy_id=step.deploy_id or "")
+            run.lock_pending = True
             r = await self._run(host, appstate.acquire_lock(spec.app), input=payload)
             if r.exit_code == appstate.LOCK_HELD:
+                run.lock_pending = False
                 try:
                     info = dp.LockInfo.from_dict(json.loads(r.stdout or "{}"))
                 except ValueError:
                     info = None
-                raise dp.lock_conflict(spec.app, host.name, info, datetime.now(timezone.utc))
+                raise dp.lock_conflict(spec.app, host.name, info, _now())
             if not r.ok:
-                raise StepFailed(step, r.error or r.stderr.strip() or f"exit status {r.exit_code}", r)
+                raise StepFailed(step, explain(host.name, r) or r.error or r.stderr.strip()
+                                 or f"exit status {r.exit_code}", r)
             run.locked = True
         elif step.action is A.REMOVE:
             await self._must(host, step, docker.rm(*step.containers, force=True))
@@ -126,38 +283,44 @@ class Deployer:
             payload = appstate.current_payload(version=step.version or (plan.version if plan else ""),
                                                deploy_id=step.deploy_id or (plan.deploy_id if plan else ""),
                                                container=step.container or "", port=step.port or spec.port,
-                                               switched_at=dp.iso(datetime.now(timezone.utc)))
+                                               switched_at=dp.iso(_now()))
             await self._must(host, step, appstate.write_current(spec.app), input=payload)
-        elif step.action is A.PULL_IMAGE:
-            g = await image_ops.ensure_image(self.runner, [host], step.image or spec.image, source="pull")
+        elif step.action in (A.PULL_IMAGE, A.SHIP_IMAGE):
+            source = "pull" if step.action is A.PULL_IMAGE else "ship"
+            g = await image_ops.ensure_image(self.runner, [host], step.image or spec.image, source=source)
             if not g.ok:
-                raise StepFailed(step, g.results[0].error or g.results[0].stderr.strip(), g.results[0])
-        elif step.action is A.SHIP_IMAGE:
-            g = await image_ops.ensure_image(self.runner, [host], step.image or spec.image, source="ship")
-            if not g.ok:
-                raise StepFailed(step, g.results[0].error or g.results[0].stderr.strip(), g.results[0])
+                r = g.results[0]
+                raise StepFailed(step, explain(host.name, r) or r.error or r.stderr.strip()
+                                 or f"exit status {r.exit_code}", r)
         elif step.action is A.START:
-            await self._must(host, step, docker.run_app(spec, version=step.version or "", deploy_id=step.deploy_id or "",
-                                                       image=step.image, port=step.port))
+            await self._must(host, step, docker.run_app(spec, version=step.version or "",
+                                                       deploy_id=step.deploy_id or "", image=step.image,
+                                                       port=step.port))
         elif step.action is A.START_EXISTING:
             await self._must(host, step, docker.start(step.container or ""))
         elif step.action is A.HEALTH_CHECK:
-            probe = (step.check or spec.health_check).to_probe(spec.port)
+            probe = (step.check or spec.health_check).to_probe(step.port or spec.port)
             args = probe.helper_args(container=step.container)
             r = await run_helper(self.runner, host, args, helper_dir=self.inv.settings.helper_dir,
                                  parse=parse_health, timeout=probe.deadline + 60)
-            if not r.ok or not r.value.ok:
-                detail = r.error or (r.value.summary() if r.value is not None and hasattr(r.value, "summary")
-                                     else r.stdout.strip()[-500:])
-                raise StepFailed(step, f"{step.container} failed its health check: {detail}", r)
+            if not r.ok or r.value is None or not getattr(r.value, "ok", False):
+                if connection_lost(r):  # no verdict: the probe was cut off with its connection
+                    raise StepFailed(step, f"the health check of {step.container} was cut off: the connection "
+                                           "dropped while it ran", r)
+                if r.value is not None and hasattr(r.value, "summary"):
+                    detail = r.value.summary()
+                else:
+                    detail = explain(host.name, r) or r.error or r.stdout.strip()[-500:] or r.stderr.strip()[-500:]
+                raise StepFailed(step, f"{step.container} failed its health check (GET {probe.path} on port "
+                                       f"{probe.port}): {detail}", r)
         elif step.action is A.SWITCH:
-            route = Route(app=spec.app, upstream=f"{step.container}:{step.port}", hosts=tuple(spec.proxy.hosts),
-                          drain_seconds=max(1, int(step.seconds or 1)))
+            route = Route(app=spec.app, upstream=f"{step.container}:{step.port or spec.port}",
+                          hosts=tuple(spec.proxy.hosts), drain_seconds=max(1, int(step.seconds or 1)))
             await proxy_ops.set_route(self.runner, host, route)
             run.switched = True
         elif step.action is A.RECORD:
             rec = dp.history_record(plan, result=step.result or dp.RESULT_OK, who=self.who, started_at=run.started,
-                                    finished_at=datetime.now(timezone.utc), error=run.message)
+                                    finished_at=_now(), error=run.message)
             await self._must(host, step, appstate.append_history(spec.app), input=appstate.history_payload(rec))
         elif step.action is A.SCHEDULE_STOP:
             await self._must(host, step, appstate.schedule_stop(spec.app, step.container or "",
@@ -172,66 +335,147 @@ class Deployer:
             r = await self._run(host, docker.logs(step.container or "", tail=step.lines or 30, timestamps=False))
             run.logs = (r.stdout + r.stderr).strip()
         elif step.action is A.UNLOCK:
-            await self._run(host, appstate.release_lock(spec.app, step.deploy_id or ""))
-            run.locked = False
+            await self._release(run, step.deploy_id or "")
         else:  # pragma: no cover - a new Action without an executor is a bug
             raise AssertionError(f"no executor for {step.action}")
-        run.done.append({**step.to_dict(), "seconds_taken": round(time.monotonic() - t0, 3)})
+
+    async def _ensure_proxy(self, run: HostRun, step: dp.Step) -> None:
+        host, spec = run.host, self.spec
+        try:
+            await proxy_ops.ensure_proxy(self.runner, host, spec.proxy.kind, step.image or spec.proxy.image_ref)
+        except RemoteError as e:
+            r = e.result
+            why = (explain(host.name, r) if r is not None else None) or \
+                port_clash(host.name, spec.proxy.kind, f"{e}\n{r.stderr if r else ''}") or str(e)
+            if run.created_network:  # this deploy made it for a proxy that never came: take it back
+                await self._run(host, ["docker", "network", "rm", docker.NETWORK])
+                run.created_network = False
+            raise StepFailed(step, why, r) from None
 
     async def run_steps(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
-        """Run steps in order; on a failure, apply what the plan says it means."""
+        """Run steps in order; on a failure, apply what the plan says it means.
+
+        A lost connection counts as an interruption (the cleanup reconnects);
+        a cancellation (Ctrl-C) runs the same cleanup, then goes on.
+        """
         for step in steps:
             try:
                 await self.step(run, step)
-            except (StepFailed, NdctlError, asyncio.CancelledError) as e:
-                interrupted = isinstance(e, asyncio.CancelledError)
-                decision = dp.on_failure(run.plan, step, interrupted=interrupted)
+            except (NdctlError, asyncio.CancelledError) as e:
+                cancelled = isinstance(e, asyncio.CancelledError)
+                lost = not cancelled and _lost(e)
+                decision = dp.on_failure(run.plan, step, interrupted=cancelled or lost)
                 run.result, run.switched = decision.result, decision.switched
-                run.message = f"{e}" if not interrupted else "interrupted"
-                self.on_event(run.host.name, "failed", run.message)
-                for cleanup in decision.cleanup:
+                if cancelled:
+                    run.message = f"interrupted during {step.action.value}: {decision.message}"
+                elif lost:
+                    run.message = f"the connection to {run.host.name} was lost during {step.action.value} ({e}); " \
+                                  f"{decision.message}"
+                else:
+                    run.message = _text(e) if decision.result != dp.RESULT_OK else decision.message
+                if isinstance(e, NdctlError) and not lost:
+                    run.exit_status = e.exit_status
+                event = "interrupted" if cancelled or lost else ("warning" if decision.result == dp.RESULT_OK
+                                                                 else "failed")
+                extra = "; cleaning up (Ctrl-C again abandons the cleanup)" if cancelled and decision.cleanup else ""
+                self.on_event(run.host.name, event, run.message + extra)
+                await self._cleanup(run, decision.cleanup)
+                for rest in decision.remaining:
                     try:
-                        await asyncio.shield(self.step(run, cleanup))
-                    except Exception as ce:  # noqa: BLE001 - best effort, reported
-                        self.on_event(run.host.name, "cleanup-failed", f"{cleanup.action.value}: {ce}")
-                if decision.remaining:
-                    for rest in decision.remaining:
-                        try:
-                            await self.step(run, rest)
-                        except Exception as re_:  # noqa: BLE001
-                            self.on_event(run.host.name, "warning", f"{rest.action.value}: {re_}")
-                if interrupted:
+                        await self.step(run, rest)
+                    except Exception as re_:  # noqa: BLE001 - after the switch: warn, the deploy stands
+                        self.on_event(run.host.name, "warning", f"{rest.action.value}: {re_}")
+                        if rest.action is dp.Action.UNLOCK:
+                            run.message = _join(run.message, self._lock_left(run))
+                if cancelled:
                     raise
                 return
 
+    async def _cleanup(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
+        """Best effort, in order, shielded from a further cancellation; a host that cannot be
+        reached ends it, and the message then says what was left behind."""
+        for i, cleanup in enumerate(steps):
+            try:
+                await asyncio.shield(self.step(run, cleanup))
+            except Exception as ce:  # noqa: BLE001 - best effort, reported
+                self.on_event(run.host.name, "cleanup-failed", f"{cleanup.action.value}: {ce}")
+                if _lost(ce):  # the host cannot be reached: the rest would fail the same way
+                    self._explain_leftovers(run, steps[i:])
+                    return
+                if cleanup.action is dp.Action.UNLOCK:
+                    self._explain_leftovers(run, [cleanup])
+
+    def _explain_leftovers(self, run: HostRun, left: Sequence[dp.Step]) -> None:
+        A = dp.Action
+        parts = []
+        running = [c for s in left if s.action in (A.STOP, A.REMOVE) for c in (s.containers or ())]
+        if running:
+            parts.append(f"{', '.join(running)} may still run on {run.host.name}; the next deploy removes it")
+        if any(s.action is A.UNLOCK for s in left) and (run.locked or run.lock_pending):
+            parts.append(self._lock_left(run))
+        if parts:
+            run.message = _join(run.message, "could not clean up: " + "; ".join(parts))
+
     # ----- rollback ------------------------------------------------------------------
+    async def _rollback_host(self, h: Host, deploy_id: str, *, to_version: str | None) -> HostRun:
+        """Switch one host back to its previous (or ``to_version``) release, under its own lock."""
+        spec = self.spec
+        run = HostRun(h)
+        run.plan = dp.HostPlan(host=h.name, app=spec.app, kind="rollback", strategy=dp.STRATEGY_ROLLBACK,
+                               deploy_id=deploy_id, version=to_version or "", image=spec.image,
+                               image_ref=spec.image, green=None, blue=None, spec=spec)
+        try:
+            for s in dp.begin_steps(spec, None, deploy_id=deploy_id):
+                await self.step(run, s)
+            state = await self.observe(h)
+            run.plan = dp.plan_rollback(spec, state, deploy_id=deploy_id, now=_now(), to_version=to_version)
+            if run.plan.blocked:
+                raise dp.lock_conflict(spec.app, h.name, state.lock, _now())
+            if not await self._defuse(run, state):  # stopped under us: plan again (start, check, switch)
+                state = await self.observe(h)
+                run.plan = dp.plan_rollback(spec, state, deploy_id=deploy_id, now=_now(), to_version=to_version)
+            for note in run.plan.notes:
+                self.on_event(h.name, "note", note)
+            await self.run_steps(run, run.plan.steps)
+        except asyncio.CancelledError:
+            run.result, run.message = dp.RESULT_INTERRUPTED, run.message or "interrupted"
+            await self._release_quietly(run, deploy_id)
+            raise
+        except NdctlError as e:
+            run.result, run.message = dp.RESULT_FAILED, _text(e)
+            run.exit_status = e.exit_status
+            await self._release_quietly(run, deploy_id)
+        return run
+
+    async def _defuse(self, run: HostRun, state: dp.HostState) -> bool:
+        """A rollback switching instantly to a release that still runs: cancel its delayed stop.
+
+        False when it was being stopped anyway (the stop had begun before this
+        rollback took the lock): it is stopped now, and the plan must start it.
+        """
+        plan = run.plan
+        target = state.container(plan.green) if plan else None
+        starts = any(s.action in (dp.Action.START, dp.Action.START_EXISTING) for s in plan.steps) if plan else True
+        if target is None or not target.running or starts:
+            return True
+        r = await self._run(run.host, defuse_stop_argv(target.name, wait=self.spec.stop_timeout + 10),
+                            timeout=self.spec.stop_timeout + 60)
+        if r.ok and r.stdout.strip() == "false":
+            self.on_event(run.host.name, "note", f"{target.name} was being stopped (its grace period had "
+                                                 "ended): starting it again")
+            return False
+        return True
+
     async def rollback(self, hosts: Sequence[Host], *, to_version: str | None = None) -> GroupResult:
         """Switch every host back to its previous (or the named) retained release."""
-        spec = self.spec
         deploy_id = dp.new_deploy_id()
 
         async def one(h: Host) -> HostResult:
-            run = HostRun(h)
-            run.plan = dp.HostPlan(host=h.name, app=spec.app, kind="rollback", strategy=dp.STRATEGY_ROLLBACK,
-                                   deploy_id=deploy_id, version=to_version or "", image=spec.image,
-                                   image_ref=spec.image, green=None, blue=None, spec=spec)
-            try:
-                for s in dp.begin_steps(spec, None, deploy_id=deploy_id):
-                    await self.step(run, s)
-                state = await self.observe(h)
-                run.plan = dp.plan_rollback(spec, state, deploy_id=deploy_id, now=datetime.now(timezone.utc),
-                                            to_version=to_version)
-                if run.plan.blocked:
-                    raise ConflictError(run.plan.blocked)
-                await self.run_steps(run, run.plan.steps)
-            except (NdctlError, StepFailed) as e:
-                run.result, run.message = dp.RESULT_FAILED, str(e)
-                if run.locked:
-                    await self._run(h, appstate.release_lock(spec.app, deploy_id))
+            run = await self._rollback_host(h, deploy_id, to_version=to_version)
             ok = run.result == dp.RESULT_OK
             return HostResult(h.name, Status.OK if ok else Status.FAILED, 0 if ok else 1,
                               error=None if ok else run.message, value=run.to_dict(),
-                              exit_status=None)
+                              exit_status=None if ok else run.exit_status)
 
         return await self.runner.fan_out(hosts, one)
 
@@ -245,66 +489,217 @@ class Deployer:
     # ----- the whole deploy ---------------------------------------------------------
     async def deploy(self, hosts: Sequence[Host], *, version: str, image_source: str = "ship",
                      rollback_on_failure: bool = False) -> tuple[GroupResult, dict[str, Any]]:
+        """Deploy on every host: prepare all (lock, recovery, image), then roll out batch by batch.
+
+        Stops at the first failed batch; with ``rollback_on_failure`` the hosts it
+        already switched go back to the release they replaced. Cancelled (Ctrl-C),
+        each host in flight cleans up, every lock still held is released, and the
+        cancellation propagates with :attr:`report` set.
+        """
         spec = self.spec
         deploy_id = dp.new_deploy_id()
         image_id = await image_ops.local_image_id(spec.image) if image_source == "ship" else None
         runs = {h.name: HostRun(h) for h in hosts}
+        by_name = {h.name: h for h in hosts}
+        rollout = dp.Rollout([h.name for h in hosts], spec.parallel, rollback_on_failure=rollback_on_failure)
+        interrupted = False
 
         async def begin(h: Host) -> HostResult:
             run = runs[h.name]
+            run.plan = dp.HostPlan(host=h.name, app=spec.app, kind="deploy", strategy=spec.strategy,
+                                   deploy_id=deploy_id, version=version, image=image_id or spec.image,
+                                   image_ref=spec.image, green=None, blue=None, spec=spec)
             try:
-                pre = dp.begin_steps(spec, None, deploy_id=deploy_id)
-                run.plan = dp.HostPlan(host=h.name, app=spec.app, kind="deploy", strategy=spec.strategy,
-                                       deploy_id=deploy_id, version=version, image=image_id or spec.image,
-                                       image_ref=spec.image, green=None, blue=None, spec=spec)
-                for s in pre:
+                for s in dp.begin_steps(spec, None, deploy_id=deploy_id):
                     await self.step(run, s)
                 state = await self.observe(h)
-                run.plan = dp.plan_deploy(spec, state, version=version, deploy_id=deploy_id,
-                                          now=datetime.now(timezone.utc), image_id=image_id,
-                                          image_source=image_source)
+                run.plan = dp.plan_deploy(spec, state, version=version, deploy_id=deploy_id, now=_now(),
+                                          image_id=image_id, image_source=image_source)
                 if run.plan.blocked:
-                    raise ConflictError(run.plan.blocked)
+                    raise dp.lock_conflict(spec.app, h.name, state.lock, _now())
                 for note in run.plan.notes:
                     self.on_event(h.name, "note", note)
                 await self.run_steps(run, run.plan.prepare)
-            except (NdctlError, StepFailed) as e:
-                run.result, run.message = dp.RESULT_FAILED, str(e)
+            except asyncio.CancelledError:
+                if run.result == dp.RESULT_OK:
+                    run.result, run.message = dp.RESULT_INTERRUPTED, "interrupted while preparing"
+                await self._release_quietly(run, deploy_id)
+                raise
+            except NdctlError as e:
+                run.result = dp.RESULT_INTERRUPTED if _lost(e) else dp.RESULT_FAILED
+                run.message = _text(e)
+                run.exit_status = e.exit_status
                 self.on_event(h.name, "failed", run.message)
-                if run.locked:
-                    await self._run(h, appstate.release_lock(spec.app, deploy_id))
-                    run.locked = False
-                return HostResult(h.name, Status.FAILED, error=run.message,
-                                  exit_status=getattr(e, "exit_status", None))
-            return HostResult(h.name, Status.OK if run.result == dp.RESULT_OK else Status.FAILED, error=run.message
-                              or None)
+                await self._release_quietly(run, deploy_id)
+            ok = run.result == dp.RESULT_OK
+            return HostResult(h.name, Status.OK if ok else Status.FAILED, error=None if ok else run.message)
 
-        prep = await self.runner.fan_out(hosts, begin)
-        rollout = dp.Rollout([h.name for h in hosts], spec.parallel, rollback_on_failure=rollback_on_failure)
-        by_name = {h.name: h for h in hosts}
-        if not prep.ok:
-            rollout.stopped = True
-            for r in prep:
-                rollout.record(r.host, dp.HostOutcome(runs[r.host].result, False, runs[r.host].message))
-        while (batch := rollout.next_batch()) is not None:
-            async def one(h: Host) -> HostResult:
-                run = runs[h.name]
+        async def roll(h: Host) -> HostResult:
+            run = runs[h.name]
+            run.rollout_started = _now()
+            try:
                 await self.run_steps(run, run.plan.rollout)
+            finally:
+                run.rollout_finished = _now()
                 rollout.record(h.name, dp.HostOutcome(run.result, run.switched, run.message))
-                return HostResult(h.name, Status.OK if run.result == dp.RESULT_OK else Status.FAILED,
-                                  error=run.message or None)
-            await self.runner.fan_out([by_name[n] for n in batch], one)
-        # Hosts never reached (a failed earlier batch) still hold this deploy's lock: release it.
-        for name in rollout.untouched:
-            run = runs[name]
-            if run.locked:
-                await self._run(run.host, appstate.release_lock(spec.app, deploy_id))
-                run.result, run.message = dp.RESULT_FAILED, "not deployed: an earlier batch failed"
+                if run.result == dp.RESULT_OK:
+                    self.on_event(h.name, "done", f"serving {run.plan.version} from {run.plan.green} "
+                                                  f"({(run.rollout_finished - run.started).total_seconds():.1f}s)")
+            ok = run.result == dp.RESULT_OK
+            return HostResult(h.name, Status.OK if ok else Status.FAILED, error=None if ok else run.message)
+
+        try:
+            prep = await self.runner.fan_out(hosts, begin)
+            if not prep.ok:
+                rollout.stopped = True  # no batch starts; the hosts that prepared are released below
+                for r in prep:
+                    if not r.ok:
+                        run = runs[r.host]
+                        rollout.record(r.host, dp.HostOutcome(run.result, False, run.message))
+            while (batch := rollout.next_batch()) is not None:
+                await self.runner.fan_out([by_name[n] for n in batch], roll)
+            back = rollout.to_roll_back()
+            if back:
+                await self._roll_back_switched([runs[n] for n in back], rollout.failed)
+        except asyncio.CancelledError:
+            interrupted = True
+            raise
+        finally:
+            # Hosts never reached (a failed or interrupted earlier batch) still hold this deploy's lock.
+            for name in rollout.untouched:
+                run = runs[name]
+                if run.result == dp.RESULT_OK:
+                    run.result = RESULT_SKIPPED
+                    if interrupted:
+                        run.message = "not deployed: interrupted before its batch"
+                    elif any(r.rollout_started for r in runs.values()):
+                        run.message = "not deployed: an earlier batch failed"
+                    else:
+                        run.message = "not deployed: another host failed while preparing"
+            await asyncio.shield(asyncio.gather(*(self._release_quietly(run, deploy_id) for run in runs.values())))
+            self.report = self._report(hosts, runs, rollout, deploy_id, version, interrupted)
+        return self.report
+
+    async def _roll_back_switched(self, runs: Sequence[HostRun], failed: Sequence[str]) -> None:
+        """``--rollback-on-failure``: each switched host goes back to the blue it replaced."""
+        rb_id = dp.new_deploy_id()
+        why = f"the deploy failed on {', '.join(failed) or 'another host'}"
+
+        async def back(run: HostRun) -> HostResult:
+            blue = run.plan.blue if run.plan else None
+            h = run.host
+            if blue is None:
+                run.rolled_back = {"result": dp.RESULT_FAILED, "message": "no earlier release on this host"}
+                run.message = _join(run.message, f"{why}, but there is no earlier release to roll back to")
+                return HostResult(h.name, Status.FAILED)
+            self.on_event(h.name, "rollback", f"{why}: rolling back to {blue.name} ({blue.version})")
+            rb = await self._rollback_host(h, rb_id, to_version=blue.version)
+            run.rolled_back = {"result": rb.result, "deploy_id": rb_id, "container": rb.plan.green if rb.plan else None,
+                               "version": blue.version, "message": rb.message, "steps": rb.done}
+            if rb.result == dp.RESULT_OK:
+                run.message = f"rolled back to {rb.plan.green} ({blue.version}): {why}"
+            else:
+                run.message = f"{why}; rolling back to {blue.name} ({blue.version}) failed: {rb.message}"
+            self.on_event(h.name, "rolled-back" if rb.result == dp.RESULT_OK else "failed", run.message)
+            return HostResult(h.name, Status.OK if rb.result == dp.RESULT_OK else Status.FAILED)
+
+        by_name = {r.host.name: r for r in runs}
+        await self.runner.fan_out([r.host for r in runs], lambda h: back(by_name[h.name]))
+
+    def _report(self, hosts: Sequence[Host], runs: dict[str, HostRun], rollout: dp.Rollout, deploy_id: str,
+                version: str, interrupted: bool) -> tuple[GroupResult, dict[str, Any]]:
         results = []
         for h in hosts:
             run = runs[h.name]
-            ok = run.result == dp.RESULT_OK and h.name not in rollout.untouched
+            ok = run.result == dp.RESULT_OK and run.rolled_back is None
+            if run.rolled_back is not None and run.rolled_back.get("result") == dp.RESULT_OK:
+                run.result = "rolled-back"
             results.append(HostResult(h.name, Status.OK if ok else Status.FAILED, 0 if ok else 1,
-                                      error=None if ok else (run.message or run.result), value=run.to_dict()))
-        summary = {"app": spec.app, "version": version, "deploy_id": deploy_id, **rollout.summary()}
+                                      error=None if ok else (run.message or run.result), value=run.to_dict(),
+                                      exit_status=None if ok else run.exit_status))
+        summary = {"app": self.spec.app, "version": version, "deploy_id": deploy_id, **rollout.summary(),
+                   "rolled_back": [r.host.name for r in runs.values() if r.result == "rolled-back"],
+                   "interrupted": interrupted}
+        if interrupted:
+            summary["result"] = dp.RESULT_INTERRUPTED
         return GroupResult(results), summary
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+# --------------------------------------------------------------------------- unlock
+async def force_unlock(runner: Runner, hosts: Sequence[Host], app: str) -> GroupResult:
+    """Release the app's lock whoever holds it; ``value``: the holder's LockInfo, None when it was free."""
+    async def one(h: Host) -> HostResult:
+        r = await runner.run(h, with_sudo(appstate.read_lock(app), sudo=h.sudo, user=h.user))
+        if not r.ok:
+            return r
+        held = r.stdout.strip()
+        info = None
+        if held:
+            try:
+                doc = json.loads(held)
+            except ValueError:
+                doc = {}
+            info = dp.LockInfo.from_dict(doc if isinstance(doc, dict) else {})
+        rel = await runner.run(h, with_sudo(appstate.release_lock(app, "00000000", force=True), sudo=h.sudo,
+                                            user=h.user))
+        if rel.ok:
+            rel.value = info if rel.stdout.strip() == "released" else None
+        return rel
+
+    return await runner.fan_out(hosts, one)
+
+
+# --------------------------------------------------------------------------- exec --app
+async def serving_container(runner: Runner, host: Host, app: str) -> HostResult:
+    """``value``: the container the app's traffic goes to on ``host`` (the proxy route's, else
+    current.json's), None when the app is not deployed there."""
+    r = await runner.run(host, with_sudo(appstate.read_state(app, history_tail=1), sudo=host.sudo, user=host.user))
+    if r.status is Status.UNREACHABLE:
+        return r
+    if not r.ok:
+        why = explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code
+        r.error = f"cannot read the state of {app}: {why}"
+        return r
+    st = dp.HostState.from_outputs(host.name, app, state_text=r.stdout, history_tail=1)
+    r.value = st.route or (st.current.container if st.current else None)
+    return r
+
+
+def container_command(words: Sequence[str]) -> list[str]:
+    """One word is a shell line (``sh -c``, as ``ndctl exec`` does on hosts); several are an exact argv."""
+    if not words:
+        raise UsageError("no command given")
+    return ["sh", "-c", words[0]] if len(words) == 1 else list(words)
+
+
+async def exec_in_app(runner: Runner, hosts: Sequence[Host], app: str, words: Sequence[str], *,
+                      on_output: OutputCallback | None = None,
+                      timeout: float | None = None) -> tuple[GroupResult, list[str]]:
+    """``docker exec`` of a command in the app's serving container on each host.
+
+    Returns the results of the hosts that serve the app and the names of those
+    that do not; NotFoundError when no selected host serves it.
+    """
+    command = container_command(words)
+    found = await runner.fan_out(hosts, lambda h: serving_container(runner, h, app))
+    serving = {r.host: r.value for r in found if r.ok and r.value}
+    missing = [r.host for r in found if r.ok and not r.value]
+    if not serving and not [r for r in found if not r.ok]:
+        raise NotFoundError(f"app {app!r} is not deployed on any selected host",
+                            hint="`ndctl deploy status APP` shows where it runs")
+    by_name = {h.name: h for h in hosts}
+
+    async def one(h: Host) -> HostResult:
+        pre = found[h.name]
+        if not pre.ok:
+            return HostResult(h.name, pre.status, pre.exit_code, "", "", pre.duration, error=pre.error,
+                              exit_status=pre.exit_status)
+        argv = docker.exec_in(serving[h.name], command)
+        return await runner.run(h, with_sudo(argv, sudo=h.sudo, user=h.user), on_output=on_output, timeout=timeout)
+
+    result = await runner.fan_out([by_name[n] for n in by_name if n not in missing], one)
+    return result, missing
