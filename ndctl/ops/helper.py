@@ -29,7 +29,9 @@ async def run_helper(runner: Runner, host: Host, args: Sequence[str], *, helper_
         r.error = r.stderr.strip() or "python3 is not installed on this host"
         r.status = Status.FAILED
         return r
-    if parse is not None and r.status in (Status.OK, Status.FAILED):
+    # No exit status: the connection (or the helper) died mid-way; its partial output would
+    # only turn "connection lost" into a misleading parse error.
+    if parse is not None and r.status in (Status.OK, Status.FAILED) and r.exit_code is not None:
         try:
             r.value = parse(r.stdout)
         except RemoteError as e:
