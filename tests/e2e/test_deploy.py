@@ -72,7 +72,8 @@ retain: 2
     finally:
         for h in hosts:
             h.exec("sh", "-c", f"docker ps -aq --filter label=com.nextdeploy.app={APP} | xargs -r docker rm -f; "
-                               "docker rm -f nextdeploy-proxy; rm -rf /var/lib/nextdeploy/apps "
+                               "docker rm -f nextdeploy-proxy; docker network rm nextdeploy; "
+                               "rm -rf /var/lib/nextdeploy/apps "
                                "/var/lib/nextdeploy/proxy", check=False)
         for v in ("v1", "v2", "v3"):
             subprocess.run(["docker", "rmi", "-f", f"ndt-web:{v}"], capture_output=True)

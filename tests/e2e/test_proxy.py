@@ -1,10 +1,10 @@
 """End to end: the reverse proxy on a real test host (own sshd and Docker engine).
 
-A load generator runs INSIDE the test host (stdlib python3, persistent HTTP/1.1
-keep-alive connections to 127.0.0.1:80) while routes switch between two
-busybox httpd apps. Like browsers and urllib3, it retries a request once when a
-reused keep-alive connection is closed before any response byte; those are
-counted separately and are not failures.
+A load generator (``ndctl.sandbox.loadgen``) runs INSIDE the test host (stdlib
+python3, persistent HTTP/1.1 keep-alive connections to 127.0.0.1:80) while routes
+switch between two busybox httpd apps. Like browsers and urllib3, it retries a
+request once when a reused keep-alive connection is closed before any response
+byte; those are counted separately and are not failures.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ndctl.core.inventory import Host
 from ndctl.core.proxy import NETWORK, PROXY_CONTAINER, PROXY_DIR, Route
 from ndctl.ops import proxy as ops
 from ndctl.sandbox import caddyimage
+from ndctl.sandbox.loadgen import LoadGen
 from ndctl.sandbox._util import DOCKER
 from ndctl.transport.ssh import Runner, RunOptions
 
@@ -29,84 +30,6 @@ pytestmark = pytest.mark.e2e
 
 SWITCHES = 20
 IMAGES = {"caddy": caddyimage.CADDY_REF, "nginx": caddyimage.NGINX_REF}
-
-LOADGEN = r'''
-import http.client, json, sys, threading, time
-host, port, nthreads, think = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-expected = set(sys.argv[5].split(","))
-stop = threading.Event()
-lock = threading.Lock()
-stats = {"requests": 0, "ok": 0, "failed": 0, "stale_retries": 0, "versions": {}, "errors": {}}
-lat = []
-STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-
-def note(key, d="errors"):
-    stats[d][key] = stats[d].get(key, 0) + 1
-
-def one(conn_box):
-    """One logical GET; returns (ok, version or error, stale retries)."""
-    retried = 0
-    while True:
-        conn = conn_box[0]
-        reused = conn is not None
-        if conn is None:
-            conn = conn_box[0] = http.client.HTTPConnection(host, port, timeout=10)
-        phase = "send"
-        try:
-            conn.request("GET", "/")
-            phase = "status"
-            resp = conn.getresponse()
-            phase = "body"
-            body = resp.read().decode(errors="replace").strip()
-            if resp.will_close:
-                conn.close()
-                conn_box[0] = None
-            if resp.status == 200 and body in expected:
-                return True, body, retried
-            return False, "status %d %r" % (resp.status, body[:40]), retried
-        except Exception as e:
-            conn.close()
-            conn_box[0] = None
-            if reused and phase != "body" and isinstance(e, STALE) and not retried:
-                retried = 1  # a stale keep-alive connection: nothing was answered; retry once
-                continue
-            return False, "%s in %s%s" % (type(e).__name__, phase, " (retry)" if retried else ""), retried
-
-def worker():
-    box = [None]
-    while not stop.is_set():
-        t0 = time.monotonic()
-        ok, what, retried = one(box)
-        dt = time.monotonic() - t0
-        with lock:
-            stats["requests"] += 1
-            stats["stale_retries"] += retried
-            lat.append(dt)
-            if ok:
-                stats["ok"] += 1
-                note(what, "versions")
-            else:
-                stats["failed"] += 1
-                note(what)
-        if think:
-            time.sleep(think)
-
-threads = [threading.Thread(target=worker, daemon=True) for _ in range(nthreads)]
-started = time.monotonic()
-for t in threads:
-    t.start()
-print("started", flush=True)
-sys.stdin.read()  # runs until the test closes our stdin
-stop.set()
-for t in threads:
-    t.join(15)
-lat.sort()
-pct = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
-stats.update(p50_ms=pct(0.50), p99_ms=pct(0.99), max_ms=round(lat[-1] * 1000, 2) if lat else None,
-             seconds=round(time.monotonic() - started, 2), threads=nthreads)
-print(json.dumps(stats, sort_keys=True), flush=True)
-'''
-
 
 # An upgraded (WebSocket-like) endpoint for busybox nc: answers 101, then a line every 0.1 s.
 WS_APP = r"""#!/bin/busybox sh
@@ -144,30 +67,6 @@ except OSError as e:
 print("closed", time.time(), len(ticks), ticks[-1][1] if ticks else "", flush=True)
 print(" ".join("%.3f" % t for t, _ in ticks), flush=True)
 """
-
-
-class LoadGen:
-    """The generator as a ``docker exec -i`` child of the test: it stops when its stdin closes."""
-
-    def __init__(self, th: sandbox.TestHost, expected: tuple[str, ...] = ("v1", "v2"), threads: int = 4,
-                 think: float = 0.005) -> None:
-        self.proc = subprocess.Popen(
-            [DOCKER, "exec", "-i", th.container, "python3", "-c", LOADGEN, "127.0.0.1", "80", str(threads),
-             str(think), ",".join(expected)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.strip() == "started", self.proc.stderr.read() if self.proc.stderr else line
-
-    def stop(self) -> dict:
-        out, err = self.proc.communicate("", timeout=60)
-        assert self.proc.returncode == 0, err
-        return json.loads(out.strip().splitlines()[-1])
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @dataclass
@@ -230,6 +129,10 @@ def env(request, container_hosts, images, tmp_path: Path):
     kh.write_text(th.known_hosts_line() + "\n")
     host = Host(th.name, th.address, port=th.port, user=th.user, identity=str(th.identity))
     had_state_dir = th.exec("test", "-d", "/var/lib/nextdeploy", check=False).returncode == 0
+    # Start from a host without a proxy or app network: other tests on the shared hosts
+    # (accessories, deploys) may have left the network behind.
+    th.exec("sh", "-c", 'docker ps -aq --filter network=nextdeploy | xargs -r docker rm -f >/dev/null 2>&1; '
+            'docker network rm nextdeploy >/dev/null 2>&1; rm -rf /var/lib/nextdeploy/proxy', check=False)
     e = Env(th, host, RunOptions(known_hosts_files=[kh]), request.param, images[request.param], [])
     try:
         yield e
@@ -285,7 +188,7 @@ def test_switching_under_load_drops_no_request(env: Env) -> None:
             assert env.get("/") == "200 v1"
             again = await ops.set_route(r, env.host, Route("web", blue, drain_seconds=5))
             assert again.action == "unchanged"
-            gen = LoadGen(env.th)
+            gen = LoadGen(env.th, expected=("v1", "v2")).start()
             await asyncio.sleep(1.0)
             for i in range(SWITCHES):
                 target = "nd-web-000094ee:8080" if i % 2 == 0 else blue
@@ -322,7 +225,7 @@ def test_stop_then_start_control_run_shows_failures(env: Env) -> None:
         nonlocal gen
         async with env.runner() as r:
             await ops.set_route(r, env.host, Route("web", blue, drain_seconds=5))
-            gen = LoadGen(env.th)
+            gen = LoadGen(env.th, expected=("v1", "v2")).start()
             await asyncio.sleep(1.0)
             env.th.exec("docker", "rm", "-f", "nd-web-0000b1e0")
             await ops.set_route(r, env.host, Route("web", green, drain_seconds=5))
