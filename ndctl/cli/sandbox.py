@@ -90,7 +90,9 @@ def _deploy_demo(started, wd: Path, env: dict[str, str]) -> None:
     from ndctl import sandbox
     from ndctl.sandbox import caddyimage
 
-    output.stdout.print("\n[bold]Deploying a sample app blue-green behind Caddy[/]", markup=True)
+    output.stdout.print("\n[bold]Preparing the hosts, then deploying a sample app blue-green behind Caddy[/]",
+                        markup=True)
+    _ndctl(["agent", "prepare", "--tags", "web"], env)
     # No registry is reachable from the sandbox: the proxy and app images are built
     # here and shipped to the hosts over SSH (docker save | docker load).
     proxy = caddyimage.build_caddy_image()
