@@ -16,7 +16,7 @@ import copy
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ndctl.core.errors import RemoteError
 
@@ -270,25 +270,41 @@ class ContainerUsage(_ItemAccess):
 
 
 @dataclass(frozen=True)
-class Facts:
+class _HelperDocument:
+    """A helper JSON document, validated against its schema, kept as ``raw``."""
+
+    raw: Mapping[str, Any] = field(hash=False)
+    _what: ClassVar[str] = "document"
+
+    @classmethod
+    def _schema(cls) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        if not isinstance(d, Mapping):
+            raise RemoteError(f"invalid {cls._what}: expected an object, got {_json_type(d)}")
+        doc = copy.deepcopy(dict(d))
+        _check(doc, cls._schema(), "", cls._what)
+        return cls(doc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(dict(self.raw))
+
+
+@dataclass(frozen=True)
+class Facts(_HelperDocument):
     """Facts of one host: the helper's validated JSON plus typed accessors.
 
     Build it with :func:`parse_facts` (helper output) or :meth:`from_dict`
     (a cached document); both validate.
     """
 
-    raw: Mapping[str, Any] = field(hash=False)
+    _what: ClassVar[str] = "facts"
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Facts:
-        if not isinstance(d, Mapping):
-            raise RemoteError(f"invalid facts: expected an object, got {_json_type(d)}")
-        doc = copy.deepcopy(dict(d))
-        _check(doc, FACTS_SCHEMA, "", "facts")
-        return cls(doc)
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(dict(self.raw))
+    def _schema(cls) -> Any:
+        return FACTS_SCHEMA
 
     # --- identity ---
     @property
@@ -449,21 +465,14 @@ class Facts:
 
 
 @dataclass(frozen=True)
-class Metrics:
+class Metrics(_HelperDocument):
     """One ``metrics`` sample of a host (validated helper JSON + accessors)."""
 
-    raw: Mapping[str, Any] = field(hash=False)
+    _what: ClassVar[str] = "metrics"
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
-        if not isinstance(d, Mapping):
-            raise RemoteError(f"invalid metrics: expected an object, got {_json_type(d)}")
-        doc = copy.deepcopy(dict(d))
-        _check(doc, METRICS_SCHEMA, "", "metrics")
-        return cls(doc)
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(dict(self.raw))
+    def _schema(cls) -> Any:
+        return METRICS_SCHEMA
 
     @property
     def collected_at(self) -> float:
