@@ -64,6 +64,8 @@ def deploy(
     pull: bool = typer.Option(False, "--pull", help="docker pull on the hosts instead of shipping the local image."),
     rollback_on_failure: bool = typer.Option(False, "--rollback-on-failure",
                                              help="Roll switched hosts back when a later batch fails."),
+    lock_wait: float = typer.Option(0.0, "--lock-wait", min=0,
+                                    help="Seconds to wait for another deploy's lock instead of refusing."),
     fmt: Output = OUTPUT,
 ) -> None:
     """Deploy the app blue-green (or recreate) on its hosts; exit 0 only if every host serves the new version."""
@@ -79,7 +81,7 @@ def deploy(
 
     async def main():
         async with Runner(fleet.run_options()) as runner:
-            d = Deployer(runner, fleet.inventory, spec, on_event=_event)
+            d = Deployer(runner, fleet.inventory, spec, on_event=_event, lock_wait=lock_wait)
             try:
                 return await d.deploy(fleet.hosts, version=ver, image_source="pull" if pull else "ship",
                                       rollback_on_failure=rollback_on_failure)

@@ -174,7 +174,8 @@ class HostRun:
 
 class Deployer:
     def __init__(self, runner: Runner, inventory: Inventory, spec: AppSpec, *,
-                 on_event: EventCallback | None = None) -> None:
+                 on_event: EventCallback | None = None, lock_wait: float = 0.0) -> None:
+        self.lock_wait = max(0.0, lock_wait)  # seconds to wait for another deploy's lock
         self.runner = runner
         self.inv = inventory
         self.spec = spec
@@ -264,6 +265,12 @@ class Deployer:
                                             version=plan.version if plan else "", deploy_id=step.deploy_id or "")
             run.lock_pending = True
             r = await self._run(host, appstate.acquire_lock(spec.app), input=payload)
+            deadline = time.monotonic() + self.lock_wait
+            while r.exit_code == appstate.LOCK_HELD and time.monotonic() < deadline:
+                # --lock-wait: another deploy holds the app; poll until it is done or we give up
+                self.on_event(host.name, "waiting", f"{spec.app} is locked by another deploy; waiting")
+                await asyncio.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+                r = await self._run(host, appstate.acquire_lock(spec.app), input=payload)
             if r.exit_code == appstate.LOCK_HELD:
                 run.lock_pending = False
                 try:

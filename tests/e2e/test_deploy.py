@@ -119,6 +119,16 @@ def test_blue_green_deploy_failure_rollback_history_and_lock(deploy_env) -> None
     r = cli("deploy", *f, "--image", "ndt-web:v2", timeout=600)
     assert r.returncode != 0 and "alice@laptop" in (r.stdout + r.stderr)
     assert all(serve(h) == "hello v1" for h in hosts)
+    # --lock-wait waits for the holder instead of refusing: here it goes away 3 s later.
+    h0.exec("sh", "-c", f"(sleep 3; rm -rf /var/lib/nextdeploy/apps/{APP}/lock) >/dev/null 2>&1 &")
+    r = cli("deploy", *f, "--image", "ndt-web:v2", "--lock-wait", "60", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(serve(h) == "hello v2" for h in hosts)
+    h0.exec("sh", "-c", f"mkdir -p /var/lib/nextdeploy/apps/{APP}/lock && echo "
+                        f"'{{\"who\":\"bob@bastion\",\"from\":\"bastion\",\"at\":\"2026-11-27T10:00:00Z\","
+                        f"\"version\":\"v8\",\"deploy_id\":\"0badbeef\"}}' > /var/lib/nextdeploy/apps/{APP}/lock/info.json")
+    r = cli("deploy", *f, "--image", "ndt-web:v1", "--lock-wait", "2", timeout=600)
+    assert r.returncode != 0 and "bob@bastion" in (r.stdout + r.stderr)  # gave up after 2 s
     r = cli("deploy", "unlock", APP, "--yes")
     assert r.returncode == 0, r.stderr
     assert h0.exec("test", "-e", f"/var/lib/nextdeploy/apps/{APP}/lock", check=False).returncode == 1
