@@ -412,3 +412,11 @@ __all__ = [
     "ChildTracker", "CpuAccount", "RunRecord", "end_marked", "dist_version", "first_line_of", "fmt_s",
     "machine_details", "median", "now_utc", "processes_marked", "run_measured", "which_in",
 ]
+
+
+def report_path(output: str | None, quick: bool, default: Path) -> Path | None:
+    """Where a benchmark writes its page: ``--output`` ('-' for none), else the default,
+    except for ``--quick`` smoke runs, which never overwrite the real page."""
+    if output is None:
+        return None if quick else default
+    return None if output == "-" else Path(output).resolve()

@@ -737,10 +737,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--hosts: between 1 and {len(HOST_NAMES)}")
     if args.deploys < 1 or args.recreate_deploys < 1:
         p.error("--deploys and --recreate-deploys must be >= 1")
-    if args.output is None:
-        args.output_path = None if args.quick else DEFAULT_REPORT
-    else:
-        args.output_path = None if args.output == "-" else Path(args.output).resolve()
+    args.output_path = C.report_path(args.output, args.quick, DEFAULT_REPORT)
     return args
 
 

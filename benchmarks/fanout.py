@@ -793,10 +793,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--only: choose from {','.join(SCENARIOS)}")
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
-    if args.output is None:
-        args.output_path = None if args.quick else DEFAULT_REPORT
-    else:
-        args.output_path = None if args.output == "-" else Path(args.output).resolve()
+    args.output_path = C.report_path(args.output, args.quick, DEFAULT_REPORT)
     return args
 
 
