@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ndctl.commands import docker
 from ndctl.core.proxy import (
     CONFIG_FILES,
     CONTAINER_DIR,
@@ -46,7 +47,8 @@ def container_config_path(kind: str, name: str | None = None) -> str:
 
 
 def network_create_argv(network: str = NETWORK) -> Argv:
-    return ["docker", "network", "create", "--label", f"{LABEL_ROLE}=network", network]
+    """Create the network if missing (idempotent, race-safe); prints ``created`` or ``exists``."""
+    return docker.ensure_network(network)
 
 
 def network_remove_argv(network: str = NETWORK) -> Argv:

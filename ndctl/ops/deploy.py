@@ -152,7 +152,6 @@ class HostRun:
     started: datetime = field(default_factory=_now)
     locked: bool = False  # this operation holds the app's lock on the host
     lock_pending: bool = False  # a lock request was sent: it may hold the lock even without an answer
-    created_network: bool = False
     exit_status: ExitStatus | None = None
     rollout_started: datetime | None = None
     rollout_finished: datetime | None = None
@@ -200,15 +199,16 @@ class Deployer:
         return r
 
     async def observe(self, host: Host) -> dp.HostState:
-        """The host's state for this app, in three round trips."""
+        """The host's state for this app: three reads, side by side on the host's connection."""
         app = self.spec.app
-        c = await self._run(host, docker.list_app_containers(app))
-        s = await self._run(host, appstate.read_state(app, history_tail=200))
+        c, s, ids = await asyncio.gather(
+            self._run(host, docker.list_app_containers(app)),
+            self._run(host, appstate.read_state(app, history_tail=200)),
+            self._run(host, ["docker", "image", "ls", "--no-trunc", "--quiet"]))
         for r in (c, s):
             if not r.ok:
                 raise RemoteError(f"{host.name}: cannot read the state of {app}: "
                                   f"{explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code}", r)
-        ids = await self._run(host, ["docker", "image", "ls", "--no-trunc", "--quiet"])
         return dp.HostState.from_outputs(host.name, app, containers_text=c.stdout, state_text=s.stdout,
                                          history_tail=200, image_ids=ids.stdout.split() if ids.ok else None,
                                          network=True, proxy=True)
@@ -255,10 +255,7 @@ class Deployer:
     async def _do(self, run: HostRun, step: dp.Step) -> None:
         host, spec, plan = run.host, self.spec, run.plan
         A = dp.Action
-        if step.action is A.ENSURE_NETWORK:
-            r = await self._must(host, step, docker.ensure_network())
-            run.created_network = r.stdout.strip() == "created"
-        elif step.action is A.ENSURE_PROXY:
+        if step.action is A.ENSURE_PROXY:
             await self._ensure_proxy(run, step)
         elif step.action is A.LOCK:
             payload = appstate.lock_payload(who=self.who, from_=self.origin, at=dp.iso(run.started),
@@ -354,9 +351,6 @@ class Deployer:
             r = e.result
             why = (explain(host.name, r) if r is not None else None) or \
                 port_clash(host.name, spec.proxy.kind, f"{e}\n{r.stderr if r else ''}") or str(e)
-            if run.created_network:  # this deploy made it for a proxy that never came: take it back
-                await self._run(host, ["docker", "network", "rm", docker.NETWORK])
-                run.created_network = False
             raise StepFailed(step, why, r) from None
 
     async def run_steps(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
@@ -365,7 +359,22 @@ class Deployer:
         A lost connection counts as an interruption (the cleanup reconnects);
         a cancellation (Ctrl-C) runs the same cleanup, then goes on.
         """
-        for step in steps:
+        i = 0
+        while i < len(steps):
+            step = steps[i]
+            if run.switched and step.action in _BOOKKEEPING:
+                j = i
+                while j < len(steps) and steps[j].action in _BOOKKEEPING:
+                    j += 1
+                try:
+                    await self._bookkeeping(run, steps[i:j])
+                except asyncio.CancelledError:
+                    for rest in steps[j:]:  # the unlock: green serves, the lock must not stay behind
+                        await self._warned(run, rest)
+                    raise
+                i = j
+                continue
+            i += 1
             try:
                 await self.step(run, step)
             except (NdctlError, asyncio.CancelledError) as e:
@@ -397,6 +406,23 @@ class Deployer:
                 if cancelled:
                     raise
                 return
+
+    async def _bookkeeping(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
+        """After the switch: current.json, history, the delayed stop and pruning are independent,
+        so they run side by side (one round trip of wall time, not four). Each failure is only
+        warned about, as :func:`deployplan.on_failure` decides after a switch. Ctrl-C interrupts
+        the ones still running (the caller still unlocks); the next deploy repairs what they left."""
+        await asyncio.gather(*(self._warned(run, s) for s in steps))
+
+    async def _warned(self, run: HostRun, step: dp.Step) -> None:
+        try:
+            await self.step(run, step)
+        except Exception as e:  # noqa: BLE001 - after the switch a failed step is a warning
+            decision = dp.on_failure(run.plan, step, interrupted=_lost(e))
+            run.message = _join(run.message, decision.message)
+            self.on_event(run.host.name, "warning", f"{decision.message} ({_text(e)})")
+            if step.action is dp.Action.UNLOCK:
+                run.message = _join(run.message, self._lock_left(run))
 
     async def _cleanup(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
         """Best effort, in order, shielded from a further cancellation; a host that cannot be
@@ -630,6 +656,10 @@ class Deployer:
         if interrupted:
             summary["result"] = dp.RESULT_INTERRUPTED
         return GroupResult(results), summary
+
+
+#: after the switch, independent of each other (not of the switch, nor of the unlock that follows)
+_BOOKKEEPING = frozenset({dp.Action.WRITE_CURRENT, dp.Action.RECORD, dp.Action.SCHEDULE_STOP, dp.Action.PRUNE})
 
 
 def _join(a: str, b: str) -> str:

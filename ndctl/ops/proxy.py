@@ -128,9 +128,10 @@ async def ensure_proxy(runner: Runner, host: Host, kind: str, image: str, *,
                             hint=f"remove it to use {kind}")
     created_network = wrote_config = False
     if not state.network:
-        await _run(runner, host, cmd.network_create_argv(), "creating the nextdeploy network")
-        created_network = True
-        status.changes.append("created network nextdeploy")
+        r = await _run(runner, host, cmd.network_create_argv(), "creating the nextdeploy network")
+        created_network = r.stdout.strip() == "created"  # else another deploy made it meanwhile: not ours
+        if created_network:
+            status.changes.append("created network nextdeploy")
     version = state.version
     if state.container is None or version is None:
         # Before the first config is written: what it may contain depends on the version.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ndctl.commands import docker
 from ndctl.commands import proxy as cmd
 from ndctl.core.errors import ConflictError, ExitStatus, RemoteError, UsageError
 from ndctl.core.inventory import Host
@@ -252,8 +253,7 @@ def test_caddy_accepts_the_rendered_config(tmp_path: Path) -> None:
 # ----- builders ---------------------------------------------------------------------------
 
 def test_network_and_container_builders() -> None:
-    assert cmd.network_create_argv() == ["docker", "network", "create", "--label", "com.nextdeploy.role=network",
-                                         "nextdeploy"]
+    assert cmd.network_create_argv() == docker.ensure_network("nextdeploy")  # race-safe, says if it created
     assert cmd.network_remove_argv() == ["docker", "network", "rm", "nextdeploy"]
     assert cmd.start_argv() == ["docker", "start", "nextdeploy-proxy"]
     assert cmd.remove_container_argv() == ["docker", "rm", "-f", "nextdeploy-proxy"]
@@ -493,7 +493,7 @@ def test_ensure_proxy_creates_then_is_idempotent(tmp_path: Path) -> None:
     assert (runner.dir / "version").read_text() == "2.7.6\n"
     calls = runner.docker_calls()
     assert calls[-4:] == [
-        "network create --label com.nextdeploy.role=network nextdeploy",
+        "network create --driver bridge --label com.nextdeploy.role=network nextdeploy",
         "run --rm --network none --entrypoint  nextdeploy-caddy:local caddy version",
         " ".join(cmd.run_proxy_argv("caddy", "nextdeploy-caddy:local", proxy_dir=str(runner.dir))[1:]),
         "exec nextdeploy-proxy caddy reload --config /etc/nextdeploy/proxy/caddy.json",
