@@ -184,9 +184,12 @@ class Deploy:
 
     def _per_host(self, actions: tuple[str, ...]) -> dict[str, float]:
         # the bookkeeping steps overlap: their slowest is what they add, not their sum
-        agg = max if set(actions) <= set(BOOKKEEPING) else sum
-        return {h: agg([s.get("seconds_taken", 0.0) for s in steps if s["action"] in actions], default=0.0)
-                for h, steps in self._steps().items()}
+        overlap = set(actions) <= set(BOOKKEEPING)
+        out = {}
+        for h, steps in self._steps().items():
+            secs = [s.get("seconds_taken", 0.0) for s in steps if s["action"] in actions]
+            out[h] = max(secs, default=0.0) if overlap else sum(secs)
+        return out
 
     def _batches(self) -> list[list[str]]:
         return (self.doc or {}).get("batches") or [[h] for h in self._steps()]
