@@ -156,6 +156,7 @@ class HostRun:
     rollout_started: datetime | None = None
     rollout_finished: datetime | None = None
     rolled_back: dict[str, Any] | None = None
+    proxy_snapshot: object = None  # ensure-proxy's reading, for the switch (ops.proxy.set_route known=)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"host": self.host.name, "result": self.result, "switched": self.switched, "message": self.message,
@@ -320,7 +321,8 @@ class Deployer:
         elif step.action is A.SWITCH:
             route = Route(app=spec.app, upstream=f"{step.container}:{step.port or spec.port}",
                           hosts=tuple(spec.proxy.hosts), drain_seconds=max(1, int(step.seconds or 1)))
-            await proxy_ops.set_route(self.runner, host, route)
+            known, run.proxy_snapshot = run.proxy_snapshot, None  # stale once this switch commits
+            await proxy_ops.set_route(self.runner, host, route, known=known)
             run.switched = True
         elif step.action is A.RECORD:
             rec = dp.history_record(plan, result=step.result or dp.RESULT_OK, who=self.who, started_at=run.started,
@@ -346,7 +348,9 @@ class Deployer:
     async def _ensure_proxy(self, run: HostRun, step: dp.Step) -> None:
         host, spec = run.host, self.spec
         try:
-            await proxy_ops.ensure_proxy(self.runner, host, spec.proxy.kind, step.image or spec.proxy.image_ref)
+            status = await proxy_ops.ensure_proxy(self.runner, host, spec.proxy.kind,
+                                                  step.image or spec.proxy.image_ref)
+            run.proxy_snapshot = status.snapshot
         except RemoteError as e:
             r = e.result
             why = (explain(host.name, r) if r is not None else None) or \
