@@ -157,6 +157,7 @@ class HostRun:
     rollout_finished: datetime | None = None
     rolled_back: dict[str, Any] | None = None
     proxy_snapshot: object = None  # ensure-proxy's reading, for the switch (ops.proxy.set_route known=)
+    image_id: str | None = None  # the id of a pulled image (a shipped one's is in the plan already)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"host": self.host.name, "result": self.result, "switched": self.switched, "message": self.message,
@@ -174,8 +175,10 @@ class HostRun:
 
 class Deployer:
     def __init__(self, runner: Runner, inventory: Inventory, spec: AppSpec, *,
-                 on_event: EventCallback | None = None, lock_wait: float = 0.0) -> None:
+                 on_event: EventCallback | None = None, lock_wait: float = 0.0,
+                 registry_auth: image_ops.RegistryAuth | None = None) -> None:
         self.lock_wait = max(0.0, lock_wait)  # seconds to wait for another deploy's lock
+        self.registry_auth = registry_auth  # for pulls: a throw-away docker login on each host
         self.runner = runner
         self.inv = inventory
         self.spec = spec
@@ -292,11 +295,13 @@ class Deployer:
             await self._must(host, step, appstate.write_current(spec.app), input=payload)
         elif step.action in (A.PULL_IMAGE, A.SHIP_IMAGE):
             source = "pull" if step.action is A.PULL_IMAGE else "ship"
-            g = await image_ops.ensure_image(self.runner, [host], step.image or spec.image, source=source)
+            g = await image_ops.ensure_image(self.runner, [host], step.image or spec.image, source=source,
+                                             registry_auth=self.registry_auth if source == "pull" else None)
+            r = g.results[0]
             if not g.ok:
-                r = g.results[0]
                 raise StepFailed(step, explain(host.name, r) or r.error or r.stderr.strip()
                                  or f"exit status {r.exit_code}", r)
+            run.image_id = (r.value or {}).get("image_id")  # what the pull brought: history names it
         elif step.action is A.START:
             await self._must(host, step, docker.run_app(spec, version=step.version or "",
                                                        deploy_id=step.deploy_id or "", image=step.image,
@@ -326,7 +331,7 @@ class Deployer:
             run.switched = True
         elif step.action is A.RECORD:
             rec = dp.history_record(plan, result=step.result or dp.RESULT_OK, who=self.who, started_at=run.started,
-                                    finished_at=_now(), error=run.message)
+                                    finished_at=_now(), error=run.message, image_id=run.image_id)
             await self._must(host, step, appstate.append_history(spec.app), input=appstate.history_payload(rec))
         elif step.action is A.SCHEDULE_STOP:
             await self._must(host, step, appstate.schedule_stop(spec.app, step.container or "",
