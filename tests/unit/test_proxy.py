@@ -46,7 +46,7 @@ def test_route_normalises_hosts() -> None:
 @pytest.mark.parametrize("kwargs,message", [
     (dict(app="Web", upstream="c:80"), "app 'Web' is not a valid app name"),
     (dict(app="-web", upstream="c:80"), "app '-web' is not a valid app name"),
-    (dict(app="we_b", upstream="c:80"), "app 'we_b' is not a valid app name"),
+    (dict(app="We-b", upstream="c:80"), "app 'We-b' is not a valid app name"),
     (dict(app="a" * 64, upstream="c:80"), "is not a valid app name"),
     (dict(app="web", upstream="c"), "upstream 'c' is not <container>:<port>"),
     (dict(app="web", upstream="c:0"), "port '0' is not a number from 1 to 65535"),
@@ -233,7 +233,8 @@ def test_nginx_two_routes() -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="no nginx binary here")
-@pytest.mark.parametrize("routes", [[], [ALL], [WEB, API], [WEB, API, ALL]])
+@pytest.mark.parametrize("routes", [[], [ALL], [WEB, API], [WEB, API, ALL],
+                                    [Route("my_app", "nd-my_app-0a1b2c3d:8080", ["shop.example.com"])]])
 def test_nginx_accepts_the_rendered_config(tmp_path: Path, routes: list[Route]) -> None:
     conf = tmp_path / "nginx.conf"
     conf.write_text(render_nginx(routes))
