@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import json
 import os
 import shlex
@@ -594,3 +595,16 @@ def test_set_route_renders_for_the_recorded_version(tmp_path: Path) -> None:
     (runner.dir / "version").write_text("2.8.4\n")
     asyncio.run(ops.set_route(runner, HOST, WEB))
     assert (runner.dir / "caddy.json").read_text() == render_caddy([WEB], (2, 8, 4))
+
+
+def test_check_route_refuses_a_clash_and_reads_only_without_a_snapshot(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_CONTAINER="running caddy img")
+    clash = Route("blog", "nd-blog-1:80", ["example.com"])
+    with pytest.raises(RouteConflict, match="h1: host 'example.com' is claimed by apps 'blog' and 'web'"):
+        asyncio.run(ops.check_route(runner, HOST, clash))
+    assert [c[3] for c in runner.calls] == ["ndctl-proxy-read"]
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    runner.calls.clear()
+    asyncio.run(ops.check_route(runner, HOST, API, known=status.snapshot))  # no clash: fine
+    asyncio.run(ops.check_route(runner, HOST, replace(WEB, upstream="nd-web-2:80")))  # its own route: fine
+    assert [c[3] for c in runner.calls] == ["ndctl-proxy-read"]
