@@ -19,6 +19,7 @@ from typing import Any
 
 from ndctl.core.errors import SelectorError, UsageError
 from ndctl.core.selectors import parse_selector
+from ndctl.core.health import HealthCheck, cross_check, parse_expect
 
 DEFAULT_FILENAME = "nextdeploy.yaml"
 STRATEGIES = ("blue-green", "recreate")
@@ -95,26 +96,10 @@ def format_duration(seconds: float) -> str:
 
 def parse_status(value: Any) -> tuple[tuple[int, int], ...]:
     """``200`` / ``"200-399"`` / ``"200,301-302"`` / ``[200, "301-302"]`` -> ranges ((lo, hi), ...)."""
-    if isinstance(value, str) and "," in value:
-        value = [v for v in value.split(",")]
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not items:
-        raise ValueError("needs at least one status code or range")
-    out: list[tuple[int, int]] = []
-    for item in items:
-        if isinstance(item, bool):
-            raise ValueError(f"{item!r} is not a status code")
-        if isinstance(item, int):
-            lo = hi = item
-        elif isinstance(item, str) and re.fullmatch(r"\s*\d{3}\s*(-\s*\d{3}\s*)?", item):
-            lo_s, _, hi_s = item.partition("-")
-            lo, hi = int(lo_s), int(hi_s or lo_s)
-        else:
-            raise ValueError(f"{item!r} is not a status code or range (use 200, \"200-399\" or a list of them)")
-        if not (100 <= lo <= hi <= 599):
-            raise ValueError(f"{item!r}: status codes are 100-599, low end first")
-        out.append((lo, hi))
-    return tuple(out)
+    try:
+        return parse_expect(value, "status")
+    except UsageError as e:
+        raise ValueError(str(e).removeprefix("status: ")) from None
 
 
 def parse_parallel(value: Any) -> Parallelism:
@@ -205,46 +190,6 @@ class Volume:
 
     def __str__(self) -> str:
         return f"{self.name}:{self.path}" + (":ro" if self.read_only else "")
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """An HTTP probe of the new container from inside the app network.
-
-    Passes after ``successes`` consecutive answers with an accepted status, the
-    first probe ``start_period`` after start, one every ``interval``; fails when
-    ``deadline`` (counted from start) passes first, or early after ``failures``
-    consecutive answers with another status (0: never early; a wrong path fails
-    in seconds, not at the deadline; refused connections, a booting app, only
-    fail at the deadline). The default accepts 2xx and 3xx: a login redirect is
-    a healthy app, not a failed deploy.
-    """
-
-    path: str = "/"
-    port: int | None = None  # None: the app's port
-    status: tuple[tuple[int, int], ...] = ((200, 399),)
-    host: str | None = None  # Host header; None: the probe's default
-    interval: float = 1.0
-    timeout: float = 2.0
-    successes: int = 2
-    failures: int = 3
-    start_period: float = 0.0
-    deadline: float = 60.0
-
-    def accepts(self, code: int) -> bool:
-        return any(lo <= code <= hi for lo, hi in self.status)
-
-    def to_probe(self, app_port: int) -> Any:
-        """The same check as ``ndctl.core.health.HealthCheck`` (what the host-side probe runs)."""
-        from ndctl.core.health import HealthCheck as Probe
-
-        return Probe(port=self.port or app_port, path=self.path, host=self.host, expect=self.status_text,
-                     interval=self.interval, timeout=self.timeout, successes=self.successes,
-                     failures=self.failures, start_period=self.start_period, deadline=self.deadline)
-
-    @property
-    def status_text(self) -> str:
-        return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.status)
 
 
 @dataclass(frozen=True)
@@ -475,19 +420,12 @@ def _health(r: _Reader, node: Any, parent: Any) -> HealthCheck:
     for k, fn in checks.items():
         if k in m:
             kw[k] = r.check(fn, m[k], f"health_check.{k}", m, k)
-    hc = HealthCheck(**kw)
-    _check_health(hc, lambda f, msg: r.err(f"health_check.{f}", msg, m, f if f in m else None))
-    return hc
-
-
-def _check_health(hc: HealthCheck, err: Any) -> None:
-    if hc.timeout > hc.deadline:
-        raise err("timeout", f"per-probe timeout {format_duration(hc.timeout)} is longer than the "
-                             f"deadline {format_duration(hc.deadline)}")
-    if hc.start_period + (hc.successes - 1) * hc.interval >= hc.deadline:
-        raise err("deadline", f"{format_duration(hc.deadline)} leaves no time for {hc.successes} consecutive "
-                              f"successes {format_duration(hc.interval)} apart after a start period of "
-                              f"{format_duration(hc.start_period)}")
+    wrong = cross_check(**{k: kw.get(k, getattr(HealthCheck, k))
+                           for k in ("interval", "timeout", "successes", "start_period", "deadline")})
+    if wrong:
+        f, msg = wrong
+        raise r.err(f"health_check.{f}", msg, m, f if f in m else None)
+    return HealthCheck(**kw)
 
 
 def _proxy(r: _Reader, node: Any, parent: Any) -> ProxySpec:
@@ -704,7 +642,7 @@ health_check:
   timeout: 2s               # per probe
   successes: 2              # consecutive successes needed
   failures: 3               # fail early after this many consecutive wrong statuses (0: only at the deadline)
-  start_period: 0s          # wait this long after start before the first probe
+  start_period: 0s          # wrong statuses in this time after start do not count towards failures
   deadline: 1m              # give up (and keep the old version serving) after this
 
 env:                        # plain values only; secrets come from `ndctl secret` (later)

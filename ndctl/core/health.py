@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ndctl.core.errors import RemoteError, UsageError
@@ -61,19 +61,47 @@ def format_expect(ranges: tuple[tuple[int, int], ...]) -> str:
     return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
 
 
+def _fmt(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def cross_check(*, interval: float, timeout: float, successes: int, start_period: float,
+                deadline: float) -> tuple[str, str] | None:
+    """The first impossible combination of settings as ``(field, why)``, else None.
+
+    One rule set for ``nextdeploy.yaml`` (which adds line numbers) and the type itself.
+    """
+    if timeout > deadline:
+        return "timeout", f"per-probe timeout {_fmt(timeout)} is longer than the deadline {_fmt(deadline)}"
+    if start_period >= deadline:
+        return "start_period", (f"{_fmt(start_period)} is not shorter than the deadline {_fmt(deadline)}: "
+                                "the check could only ever fail")
+    if (successes - 1) * interval >= deadline:
+        return "deadline", (f"{_fmt(deadline)} leaves no time for {successes} consecutive successes "
+                            f"{_fmt(interval)} apart")
+    return None
+
+
 @dataclass(frozen=True)
 class HealthCheck:
-    """What a healthy container looks like. Times are seconds.
+    """What a healthy container looks like (``nextdeploy.yaml``'s ``health_check`` and the probe
+    the helper runs on the host: one type for both). Times are seconds.
 
-    ``failures``: consecutive unexpected HTTP statuses (after ``start_period``)
-    that fail the check before the deadline; 0 never fails early. Connection
-    errors (the app still booting) only ever fail at the deadline.
+    Probes start at once, one every ``interval``, each bounded by ``timeout``;
+    the check passes after ``successes`` consecutive answers whose status is in
+    ``status`` (default 2xx and 3xx: a login redirect is a healthy app), and
+    fails at ``deadline`` (counted from the start), or early after ``failures``
+    consecutive unexpected statuses (0: never early). As with Docker's
+    ``--start-period``, unexpected statuses during ``start_period`` do not count
+    towards ``failures`` (a booting app may answer 503), but a success counts at
+    once. Refused connections (still booting) only ever fail at the deadline.
+    ``port`` None: the app's port (:meth:`for_port` fills it in).
     """
 
-    port: int
     path: str = "/"
+    port: int | None = None
+    status: Any = ((200, 399),)  # ranges ((lo, hi), ...); "200-399", 200 or [200, "301-302"] are normalised
     host: str | None = None  # Host header (None: ADDRESS:PORT)
-    expect: str = "200-399"
     interval: float = 1.0
     timeout: float = 2.0
     successes: int = 2
@@ -82,20 +110,37 @@ class HealthCheck:
     deadline: float = 60.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.status, tuple) and self.status
+                and all(isinstance(r, tuple) and len(r) == 2 for r in self.status)):
+            object.__setattr__(self, "status", parse_expect(self.status, "health_check.status"))
         self.validate()
+
+    @property
+    def expect(self) -> str:
+        """The accepted statuses as the helper's ``--expect`` spells them (``200-399``)."""
+        return format_expect(self.status)
+
+    status_text = expect
+
+    def accepts(self, code: int) -> bool:
+        return any(lo <= code <= hi for lo, hi in self.status)
+
+    def for_port(self, app_port: int) -> "HealthCheck":
+        """This check with the app's port filled in when it names none."""
+        return self if self.port is not None else replace(self, port=app_port)
 
     def validate(self, prefix: str = "health_check") -> None:
         """Raise UsageError naming the field (``prefix.field``) of the first bad value."""
         def bad(name: str, why: str) -> UsageError:
             return UsageError(f"{prefix}.{name}: {why}")
 
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+        if self.port is not None and (isinstance(self.port, bool) or not isinstance(self.port, int)
+                                      or not 1 <= self.port <= 65535):
             raise bad("port", f"must be a port number 1-65535, not {self.port!r}")
         if not isinstance(self.path, str) or not self.path.startswith("/") or _bad_text(self.path):
             raise bad("path", f"must start with / and contain no spaces or control characters, not {self.path!r}")
         if self.host is not None and (not isinstance(self.host, str) or not self.host or _bad_text(self.host)):
             raise bad("host", f"not a valid Host header: {self.host!r}")
-        parse_expect(self.expect, f"{prefix}.expect")
         for name, low in (("interval", 0.0), ("timeout", 0.001), ("start_period", 0.0), ("deadline", 0.001)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= MAX_SECONDS:
@@ -104,8 +149,10 @@ class HealthCheck:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 1000:
                 raise bad(name, f"must be a whole number between {low} and 1000, not {v!r}")
-        if self.timeout > self.deadline:
-            raise bad("timeout", f"{self.timeout:g}s is longer than the deadline ({self.deadline:g}s)")
+        wrong = cross_check(interval=self.interval, timeout=self.timeout, successes=self.successes,
+                            start_period=self.start_period, deadline=self.deadline)
+        if wrong:
+            raise bad(*wrong)
 
     def helper_args(self, *, container: str | None = None, address: str | None = None,
                     network: str = "nextdeploy") -> list[str]:
@@ -124,10 +171,12 @@ class HealthCheck:
             except ValueError:
                 raise UsageError(f"not an IP address: {address!r}") from None
             args += ["--address", str(address)]
+        if self.port is None:
+            raise ValueError("no port: for_port(app_port) first")
         args += ["--port", str(self.port), "--path", self.path]
         if self.host is not None:
             args += ["--host", self.host]
-        args += ["--expect", format_expect(parse_expect(self.expect)), "--timeout", f"{self.timeout:g}",
+        args += ["--expect", self.expect, "--timeout", f"{self.timeout:g}",
                  "--interval", f"{self.interval:g}", "--successes", str(self.successes),
                  "--failures", str(self.failures), "--start-period", f"{self.start_period:g}",
                  "--deadline", f"{self.deadline:g}"]

@@ -309,7 +309,7 @@ class Deployer:
         elif step.action is A.START_EXISTING:
             await self._must(host, step, docker.start(step.container or ""))
         elif step.action is A.HEALTH_CHECK:
-            probe = (step.check or spec.health_check).to_probe(step.port or spec.port)
+            probe = (step.check or spec.health_check).for_port(step.port or spec.port)
             args = probe.helper_args(container=step.container)
             r = await run_helper(self.runner, host, args, helper_dir=self.inv.settings.helper_dir,
                                  parse=parse_health, timeout=probe.deadline + 60)

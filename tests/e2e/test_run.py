@@ -230,9 +230,9 @@ def test_health_check_ok_wrong_path_and_redirect(httpd):
 
     # A redirect is not followed: its 3xx (busybox httpd answers 302 for a directory
     # without its trailing slash) is its own status, healthy only when expected.
-    redirect = HealthCheck(port=8080, path="/sub", expect="200", interval=0.2, deadline=60)
+    redirect = HealthCheck(port=8080, path="/sub", status="200", interval=0.2, deadline=60)
     r = _health(opts, host, redirect.helper_args(container=name), redirect.helper_timeout())
     assert not r.value.ok and {p.status for p in r.value.status_history} == {302}
-    redirect = HealthCheck(port=8080, path="/sub", expect="200-399", interval=0.2, deadline=60)
+    redirect = HealthCheck(port=8080, path="/sub", status="200-399", interval=0.2, deadline=60)
     r = _health(opts, host, redirect.helper_args(container=name), redirect.helper_timeout())
     assert r.value.ok and [p.status for p in r.value.status_history] == [302, 302]

@@ -267,15 +267,27 @@ def test_specs_are_frozen() -> None:
     hash(spec)
 
 
-def test_health_check_maps_onto_the_probe() -> None:
-    health = pytest.importorskip("ndctl.core.health")
+def test_one_health_check_type_from_the_file_to_the_probe() -> None:
+    from ndctl.core import health
+
     spec = load_appspec(DATA / "good" / "full.yaml")
-    probe = spec.health_check.to_probe(spec.port)
-    assert isinstance(probe, health.HealthCheck)
+    assert appspec.HealthCheck is health.HealthCheck
+    probe = spec.health_check.for_port(spec.port)
     assert (probe.port, probe.path, probe.host, probe.expect, probe.interval, probe.timeout, probe.successes,
             probe.failures, probe.start_period, probe.deadline) == (
         3001, "/api/health?full=1", "shop.example.com", "200,301-302,204", 0.5, 1.5, 3, 0, 2.0, 90.0)
-    assert HealthCheck().to_probe(8080).port == 8080
+    assert HealthCheck().for_port(8080).port == 8080 and HealthCheck(port=9000).for_port(8080).port == 9000
+    with pytest.raises(ValueError, match="no port"):
+        HealthCheck().helper_args(container="nd-web-1")
+
+
+def test_start_period_must_leave_time_before_the_deadline() -> None:
+    with pytest.raises(AppSpecError, match=r"health_check.start_period: 60s is not shorter than the deadline 60s"):
+        parse_appspec("app: web\nimage: x:1\nport: 80\nhealth_check: {start_period: 60s}\n")
+    # a start period does not delay the successes (Docker's semantics): this fits
+    spec = parse_appspec("app: web\nimage: x:1\nport: 80\nhealth_check: {start_period: 50s, successes: 3, "
+                         "interval: 10s, deadline: 55s}\n")
+    assert spec.health_check.start_period == 50.0
 
 
 # ---------------------------------------------------------------- registry

@@ -334,7 +334,7 @@ def test_parse_health_rejects(text, message):
 
 def test_health_check_validation_names_the_field():
     assert HealthCheck(port=8080).expect == "200-399"
-    for kw, field in [({"port": 0}, "port"), ({"path": "up"}, "path"), ({"expect": "2xx"}, "expect"),
+    for kw, field in [({"port": 0}, "port"), ({"path": "up"}, "path"), ({"status": "2xx"}, "status"),
                       ({"interval": -1}, "interval"), ({"successes": 0}, "successes"),
                       ({"timeout": 10, "deadline": 5}, "timeout"), ({"host": "a b"}, "host"),
                       ({"failures": True}, "failures")]:
@@ -343,7 +343,7 @@ def test_health_check_validation_names_the_field():
 
 
 def test_health_check_helper_args_round_trip():
-    hc = HealthCheck(port=3000, path="/api/health", host="app.example", expect="200,204", interval=0.5,
+    hc = HealthCheck(port=3000, path="/api/health", host="app.example", status="200,204", interval=0.5,
                      timeout=1, successes=3, failures=0, start_period=2, deadline=45)
     args = hc.helper_args(container="nd-web-0123abcd")
     assert args == ["health", "--container", "nd-web-0123abcd", "--network", "nextdeploy", "--port", "3000",
