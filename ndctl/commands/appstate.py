@@ -4,7 +4,8 @@ Layout under the base directory (``/var/lib/nextdeploy``)::
 
     apps/<app>/lock/            mkdir is the atomic acquire
     apps/<app>/lock/info.json   {"who","from","at","version","deploy_id"}
-    apps/<app>/history.jsonl    one JSON object per line, appended
+    apps/<app>/history.jsonl    one JSON object per line, appended (history.1.jsonl: the
+                                previous HISTORY_ROTATE records)
     apps/<app>/current.json     {"version","deploy_id","container","port","switched_at"}
     proxy/routes/<app>.json     written by the proxy code; read here for recovery
 
@@ -130,12 +131,17 @@ _APPEND_HISTORY = (
     'umask 022; d="$1/apps/$2"; mkdir -p "$d" || exit 1; t="$d/.history.$$"; '
     'if ! cat > "$t"; then rm -f "$t"; exit 1; fi; '
     'if [ "$(wc -l < "$t")" -ne 1 ]; then rm -f "$t"; echo "ndctl: a history record must be one line" >&2; exit 2; fi; '
-    'cat "$t" >> "$d/history.jsonl"; rc=$?; rm -f "$t"; exit $rc'
+    'cat "$t" >> "$d/history.jsonl"; rc=$?; rm -f "$t"; [ "$rc" -eq 0 ] || exit $rc; '
+    # Rotation by rename: a concurrent append that opened the file before lands in the archive,
+    # never lost; the archive before that one goes (bounded: at most twice $3 records).
+    'if [ "$(wc -l < "$d/history.jsonl")" -ge "$3" ]; then mv -f "$d/history.jsonl" "$d/history.1.jsonl"; fi'
 )
 
+# Both files, the archive first (see _APPEND_HISTORY).
+_HISTORY_FILES = 'hist() { for h in "$1/history.1.jsonl" "$1/history.jsonl"; do [ ! -f "$h" ] || cat "$h"; done; }; '
+
 _READ_HISTORY = (
-    'f="$1/apps/$2/history.jsonl"; [ -f "$f" ] || exit 0; '
-    'if [ "$3" = all ]; then exec cat "$f"; fi; exec tail -n "$3" "$f"'
+    _HISTORY_FILES + 'a="$1/apps/$2"; if [ "$3" = all ]; then hist "$a"; else hist "$a" | tail -n "$3"; fi'
 )
 
 _WRITE_CURRENT = (
@@ -149,13 +155,13 @@ _READ_CURRENT = 'f="$1/apps/$2/current.json"; [ -f "$f" ] || exit 0; exec cat "$
 # Everything a deploy, status or rollback plan needs from the files, in one round
 # trip: lines "lock JSON", "current JSON", "route JSON", "history JSON".
 _READ_STATE = (
-    'a="$1/apps/$2"; '
+    _HISTORY_FILES + 'a="$1/apps/$2"; '
     'p() { while IFS= read -r x || [ -n "$x" ]; do [ -z "$x" ] || printf "%s %s\\n" "$1" "$x"; done; }; '
     'if [ -d "$a/lock" ]; then if [ -f "$a/lock/info.json" ]; then p lock < "$a/lock/info.json"; '
     'else echo "lock {}"; fi; fi; '
     '[ ! -f "$a/current.json" ] || p current < "$a/current.json"; '
     '[ ! -f "$1/proxy/routes/$2.json" ] || p route < "$1/proxy/routes/$2.json"; '
-    'if [ -f "$a/history.jsonl" ]; then tail -n "$3" "$a/history.jsonl" | p history; fi; exit 0'
+    'hist "$a" | tail -n "$3" | p history; exit 0'
 )
 
 # The old container stops `delay` seconds after the switch with no ndctl
@@ -194,9 +200,15 @@ def read_lock(app: str, base: str = BASE_DIR) -> Argv:
     return ["sh", "-c", _READ_LOCK, "nd-read-lock", _base(base), _app(app)]
 
 
-def append_history(app: str, base: str = BASE_DIR) -> Argv:
-    """Append one record; stdin: :func:`history_payload`."""
-    return ["sh", "-c", _APPEND_HISTORY, "nd-history-add", _base(base), _app(app)]
+HISTORY_ROTATE = 2000  # records per file: history.jsonl becomes history.1.jsonl at this length
+
+
+def append_history(app: str, base: str = BASE_DIR, *, rotate_at: int = HISTORY_ROTATE) -> Argv:
+    """Append one record; stdin: :func:`history_payload`. At ``rotate_at`` records the file
+    becomes ``history.1.jsonl`` (replacing the one before): at most twice that many are kept."""
+    if isinstance(rotate_at, bool) or not isinstance(rotate_at, int) or rotate_at < 1:
+        raise ValueError(f"invalid rotation length {rotate_at!r}")
+    return ["sh", "-c", _APPEND_HISTORY, "nd-history-add", _base(base), _app(app), str(rotate_at)]
 
 
 def read_history(app: str, tail: int | None = 100, base: str = BASE_DIR) -> Argv:

@@ -41,7 +41,7 @@ def test_exact_argv() -> None:
     assert appstate.release_lock("web", "0a1b2c3d")[3:] == ["nd-unlock", b, "web", "0a1b2c3d", "0"]
     assert appstate.release_lock("web", "0a1b2c3d", force=True)[3:] == ["nd-unlock", b, "web", "0a1b2c3d", "1"]
     assert appstate.read_lock("web")[3:] == ["nd-read-lock", b, "web"]
-    assert appstate.append_history("web")[3:] == ["nd-history-add", b, "web"]
+    assert appstate.append_history("web")[3:] == ["nd-history-add", b, "web", "2000"]
     assert appstate.read_history("web", tail=20)[3:] == ["nd-history", b, "web", "20"]
     assert appstate.read_history("web", tail=None)[3:] == ["nd-history", b, "web", "all"]
     assert appstate.write_current("web")[3:] == ["nd-current-set", b, "web"]
@@ -216,6 +216,24 @@ def test_concurrent_history_appends_never_interleave(base: str) -> None:
         assert all(r[0] == 0 for r in pool.map(lambda p: run(appstate.append_history("web", base), p), payloads))
     lines = Path(base, "apps/web/history.jsonl").read_text().splitlines()
     assert sorted(json.loads(x)["deploy_id"] for x in lines) == [f"{i:08x}" for i in range(16)]
+
+
+def test_history_rotates_and_reads_across_the_archive(base: str) -> None:
+    recs = [{"deploy_id": f"{i:08x}", "n": i} for i in range(12)]
+    for r in recs:
+        assert run(appstate.append_history("web", base, rotate_at=5), appstate.history_payload(r))[0] == 0
+    d = Path(base, "apps/web")
+    # 12 appends at 5 per file: rotated after the 5th and the 10th; the first five are gone
+    assert len(d.joinpath("history.1.jsonl").read_text().splitlines()) == 5
+    assert len(d.joinpath("history.jsonl").read_text().splitlines()) == 2
+    rc, out, _ = run(appstate.read_history("web", tail=None, base=base))
+    assert [json.loads(x)["n"] for x in out.splitlines()] == list(range(5, 12))
+    rc, out, _ = run(appstate.read_history("web", tail=4, base=base))
+    assert [json.loads(x)["n"] for x in out.splitlines()] == [8, 9, 10, 11]  # across both files
+    rc, out, _ = run(appstate.read_state("web", history_tail=3, base=base))
+    assert [x["n"] for x in appstate.parse_state(out)["history"]] == [9, 10, 11]
+    with pytest.raises(ValueError):
+        appstate.append_history("web", base, rotate_at=0)
 
 
 def test_current_is_replaced_atomically(base: str) -> None:
