@@ -380,11 +380,15 @@ def rollback(app_name: str = typer.Argument(..., metavar="APP"), to: Optional[st
     if list_:
         data = {r.host: [x.to_dict() for x in dp.retained_releases(r.value)] for r in result if r.ok}
         if fmt is Output.json:
-            output.emit_data(data, fmt)
+            output.emit_data({**data, **{r.host: {"error": r.error or r.status.value} for r in result if not r.ok}},
+                             fmt)
         else:
-            output.table(["HOST", "VERSION", "CONTAINER", "STATE"],
-                         [[h, x["version"], x.get("container") or "-", x.get("state") or "-"]
-                          for h, xs in data.items() for x in xs])
+            rows = [[h, x["version"], x.get("container") or "-", x["state"], x.get("finished_at") or "-"]
+                    for h, xs in data.items() for x in xs]
+            rows += [[r.host, "-", "-", r.status.value, r.error or ""] for r in result if not r.ok]
+            output.table(["HOST", "VERSION", "CONTAINER", "STATE", "DEPLOYED"], rows)
+        if not result.ok:  # a host it could not read: the list is incomplete
+            raise typer.Exit(int(result.exit_status()))
         return
     if fmt is Output.json:
         output.emit_data(result.to_dict(), fmt)

@@ -756,10 +756,19 @@ class Release:
     running: bool
     image_present: bool | None  # None: not asked
 
+    @property
+    def state(self) -> str:
+        """What a rollback to it does: ``running`` / ``stopped`` (instant switch; a stopped one
+        is started and health-checked first), ``image`` (re-created from the kept image)."""
+        if self.exists:
+            return "running" if self.running else "stopped"
+        return "image" if self.image_present else "image?"
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "deploy_id": self.deploy_id, "container": self.container,
                 "image": self.image, "image_id": self.image_id, "finished_at": self.finished_at,
-                "exists": self.exists, "running": self.running, "image_present": self.image_present}
+                "exists": self.exists, "running": self.running, "image_present": self.image_present,
+                "state": self.state}
 
 
 def retained_releases(state: HostState) -> list[Release]:

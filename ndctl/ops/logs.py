@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Callable
 
 from ndctl.commands import docker
@@ -70,3 +71,57 @@ async def stream_logs(runner: Runner, hosts: list[Host], app: str, on_line: Line
             await asyncio.sleep(poll_interval)
 
     return await runner.fan_out(hosts, per_host, forks=len(hosts) or 1)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    host: str
+    version: str
+    stream: str  # stdout | stderr
+    line: str  # without Docker's timestamp
+    time: str  # Docker's RFC 3339 timestamp (nanoseconds, UTC), "" when the line had none
+
+    def to_dict(self) -> dict[str, str]:
+        return {"time": self.time, "host": self.host, "version": self.version, "stream": self.stream,
+                "line": self.line}
+
+
+def split_timestamp(line: str) -> tuple[str, str]:
+    """``docker logs --timestamps`` line -> (timestamp, rest); ("", line) when it has none."""
+    stamp, sep, rest = line.partition(" ")
+    if sep and len(stamp) >= 20 and stamp[4:5] == "-" and stamp[10:11] == "T" and stamp.endswith("Z"):
+        return stamp, rest
+    return "", line
+
+
+def _sort_key(x: LogLine) -> str:
+    # RFC 3339 in UTC with Docker's fixed 9-digit fraction sorts as text once padded.
+    head, _, frac = x.time.rstrip("Z").partition(".")
+    return f"{head}.{frac:0<9}" if x.time else ""
+
+
+async def collect_logs(runner: Runner, hosts: list[Host], app: str, *, since: str | None = None,
+                       tail: int | str | None = None) -> tuple[GroupResult, list[LogLine], int]:
+    """Every host's lines at once, merged by Docker's timestamps (oldest first), plus how many
+    running containers were read; for a one-off read (``stream_logs(follow=True)`` streams)."""
+    lines: list[LogLine] = []
+    seen: set[tuple[str, str]] = set()
+
+    def on_line(host: str, version: str, stream: str, line: str) -> None:
+        stamp, text = split_timestamp(line)
+        lines.append(LogLine(host, version, stream, text, stamp))
+        seen.add((host, version))
+
+    counted: list[int] = []
+
+    async def count(h: Host) -> HostResult:
+        r, containers = await app_containers(runner, h, app)
+        counted.append(sum(1 for c in containers if c.get("running")))
+        return r
+
+    found = await runner.fan_out(hosts, count)
+    if not sum(counted):
+        return found, [], 0
+    result = await stream_logs(runner, hosts, app, on_line, since=since, tail=tail, timestamps=True)
+    lines.sort(key=_sort_key)  # stable: a host's own order stays for equal stamps
+    return result, lines, sum(counted)

@@ -107,6 +107,13 @@ def test_blue_green_deploy_failure_rollback_history_and_lock(deploy_env) -> None
     assert [(row["version"], sorted(set(row["hosts"].values()))) for row in hist] == [
         ("v1", ["ok"]), ("v2", ["ok"]), ("v3", ["failed"])]
 
+    # What a rollback can go back to: v1, its container stopped (retained); never the failed v3.
+    listed = cli.json("rollback", APP, *f, "--list")
+    assert {h: [(x["version"], x["state"]) for x in xs] for h, xs in listed.items()} == {
+        "dep-0": [("v1", "stopped")], "dep-1": [("v1", "stopped")]}
+    table = cli("rollback", APP, *f, "--list")
+    assert table.returncode == 0 and "STATE" in table.stdout and "stopped" in table.stdout
+
     r = cli("rollback", APP, *f, "--to", "v1", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert all(serve(h) == "hello v1" for h in hosts)

@@ -1,6 +1,7 @@
 """`ndctl logs APP -f` on real test hosts: merged, prefixed, and following across a switch."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -40,6 +41,16 @@ def test_logs_merge_hosts_and_follow_across_a_switch(cli, container_hosts, ssh_b
         lines = r.stdout.splitlines()
         assert any(ln.startswith("log-a v1 | blue-a") for ln in lines)
         assert any(ln.startswith("log-b v1 | blue-b") for ln in lines)
+        # -o json: one object per line, both hosts merged by Docker's timestamps
+        r = cli("logs", APP, "--tail", "5", "--tags", "logs", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        docs = [json.loads(x) for x in r.stdout.splitlines()]
+        assert {d["host"] for d in docs} == {"log-a", "log-b"} and len(docs) == 10
+        assert [d["time"] for d in docs] == sorted(d["time"] for d in docs) and all(d["time"] for d in docs)
+        assert {d["line"] for d in docs} == {"blue-a", "blue-b"}
+        # an app with no running container anywhere: said, and exit 5
+        r = cli("logs", "ndtnothing", "--tags", "logs")
+        assert r.returncode == ExitStatus.NOT_FOUND and "no running container of app 'ndtnothing'" in r.stderr
 
         follower = subprocess.Popen([sys.executable, "-m", "ndctl", "logs", APP, "-f", "--tags", "name:log-a"],
                                     env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
