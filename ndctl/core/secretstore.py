@@ -201,8 +201,8 @@ def parse_audit(text: str, *, host: str | None = None) -> list[AuditRecord]:
         try:
             d = json.loads(line)
             if isinstance(d, dict):
-                if host is not None:
-                    d.setdefault("host", host)
+                if host is not None:  # read from that host: named as the inventory names it
+                    d["host"] = host
                 out.append(AuditRecord.from_dict(d))
         except (ValueError, TypeError):
             continue
