@@ -201,13 +201,13 @@ _PRUNE = (
     'd=' + STATE_DIR + '/"$1"; r=' + RUN_DIR + '/"$1"; shift; [ -d "$d" ] || exit 0; '
     'for f in "$d"/*.age; do [ -f "$f" ] || continue; n=${f##*/}; n=${n%.age}; keep=0; '
     'for k do [ "$k" = "$n" ] && keep=1; done; '
-    '[ "$keep" = 1 ] || { rm -f "$f"; echo "$n"; }; done; exit 0'
+    '[ "$keep" = 1 ] || { rm -f "$f" "$r/$n"; echo "$n"; }; done; exit 0'
 )
 
 
 def prune(app: str, keep: list[str]) -> Argv:
-    """Delete stored ciphertexts of ``app`` not in ``keep`` (the tmpfs copies stay until reboot,
-    for the release still serving during its grace period). Prints the names removed."""
+    """Delete the stored ciphertexts of ``app`` not in ``keep``, and their tmpfs copies (a release
+    still running keeps the values it exported at start). Prints the names removed."""
     return ["sh", "-c", _PRUNE, "nd-secret-prune", _app(app), *(_secret(n) for n in keep)]
 
 

@@ -252,6 +252,8 @@ async def deliver(runner: Any, d: HostDelivery, app: str, *, who: str) -> str:
     r = await run(host_cmds.unseal(app, who=who, expected_host_key=d.host_key))
     if not r.ok:
         raise RemoteError(unseal_error(h.name, r), r)
+    # secrets this release no longer lists are not handed to it
+    await run(host_cmds.prune(app, list(d.ciphertexts)))
     at = now_iso()
     lines = "".join(AuditRecord(at=at, who=who, action="use", env=d.env, secret=n, host=h.name, app=app).to_line()
                     for n in d.ciphertexts)
