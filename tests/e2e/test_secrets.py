@@ -139,7 +139,10 @@ def test_deploy_two_secrets_env_and_file_no_leaks_restart_and_reboot(secrets_env
     assert host.exec("test", "-e", f"/var/lib/nextdeploy/apps/{APP}", check=False).returncode == 1
     assert host.exec("test", "-e", host_cmds.STATE_DIR, check=False).returncode == 1
 
-    r = run("deploy", "-f", str(spec), "--secret", "API_TOKEN")
+    r = run("deploy", "-f", str(spec), "--secret", "API_TOKEN", "-o", "json")
+    step = [s for s in json.loads(r.stdout)["hosts"][0]["value"]["steps"] if s["action"] == "secrets"]
+    assert [(s["ok"], s["names"], s["env"]) for s in step] == [(True, ["DB_PASSWORD", "API_TOKEN"], "production")]
+    print(f"secrets step: {step[0]['seconds_taken']} s, boot hook: {step[0]['boot']}")
     c = app_container(host)
     assert fetch(host, "/cgi-bin/s") == f"env={db} file={token}"  # through the proxy, read by the app
     env = process_env(host, c)
