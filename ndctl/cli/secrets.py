@@ -90,7 +90,10 @@ def _read_value(value: Optional[str], from_file: Optional[Path]) -> Secret:
         return Secret(value)
     if sys.stdin.isatty():
         return Secret(typer.prompt("Value", hide_input=True, confirmation_prompt=True, err=True))
-    return Secret(sys.stdin.read())
+    data = sys.stdin.read()
+    # `echo VALUE | ndctl secrets set NAME`: the newline echo adds is not part of the value
+    # (--from-file keeps a file's content exactly)
+    return Secret(data[:-1] if data.endswith("\n") else data)
 
 
 @app.command("set")

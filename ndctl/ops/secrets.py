@@ -18,7 +18,7 @@ from ndctl.commands import secrets as host_cmds
 from ndctl.commands.appstate import operator
 from ndctl.commands.shell import with_sudo
 from ndctl.core.access import AccessPolicy, authorize
-from ndctl.core.errors import HostKeyError, RemoteError, UsageError
+from ndctl.core.errors import AuthError, HostKeyError, RemoteError, UsageError
 from ndctl.core.inventory import Host, Inventory, locked
 from ndctl.core.results import HostResult
 from ndctl.core.secret import Secret
@@ -124,8 +124,12 @@ class Secrets:
         return rec
 
     def get(self, name: str, *, env: str) -> Secret:
-        authorize(self.policy, self.who, "get", env, name)
-        value = self.store.reveal(env, name, self._identities())
+        try:
+            authorize(self.policy, self.who, "get", env, name)
+            value = self.store.reveal(env, name, self._identities())
+        except AuthError as e:  # refused reads are audited too
+            self._audit("get", env, name, detail=f"refused: {type(e).__name__}")
+            raise
         self._audit("get", env, name)
         return value
 

@@ -195,11 +195,23 @@ def test_deploy_two_secrets_env_and_file_no_leaks_restart_and_reboot(secrets_env
     assert process_env(host, c)["API_TOKEN"] == token
     assert fetch(host, "/cgi-bin/s") == f"env={db} file={token}"
 
-    # ---- simulated reboot: containers stop, /run (tmpfs) is wiped, the boot unseal runs, Docker starts them
+    # ---- simulated reboot, systemd order: containers stop, /run (tmpfs) is wiped, the unit's unseal
+    # runs before Docker starts them again
     host.exec("docker", "stop", "-t", "1", c)
     host.exec("rm", "-rf", "/run/nextdeploy")
-    host.exec(host_cmds.UNSEAL)  # what the systemd unit (Before=docker.service) or @reboot entry runs
+    host.exec(host_cmds.UNSEAL)  # ExecStart of nextdeploy-secrets.service (Before=docker.service)
     host.exec("docker", "start", c)
+    env = process_env(host, c)
+    assert (env["DB_PASSWORD"], env["API_TOKEN"]) == (db, token)
+    assert fetch(host, "/cgi-bin/s") == f"env={db} file={token}"
+    # ---- simulated reboot, cron order (this test host has no systemd: the deploy installed the
+    # @reboot entry): Docker starts the container first, without secrets; the entry unseals and restarts it
+    assert host.exec("cat", "/etc/cron.d/nextdeploy-secrets").stdout == host_cmds.CRON_LINE
+    host.exec("docker", "stop", "-t", "1", c)
+    host.exec("rm", "-rf", "/run/nextdeploy")
+    host.exec("docker", "start", c)
+    assert "DB_PASSWORD" not in process_env(host, c)
+    host.exec(*host_cmds.CRON_LINE.split()[2:])  # `nd-unseal-secrets --restart`
     env = process_env(host, c)
     assert (env["DB_PASSWORD"], env["API_TOKEN"]) == (db, token)
     assert fetch(host, "/cgi-bin/s") == f"env={db} file={token}"

@@ -161,6 +161,11 @@ def test_cli_errors_and_exit_statuses_without_hosts(home) -> None:
     r = ndctl(home, "secrets", "set", "A", "--env", "production", input="")
     assert r.returncode == ExitStatus.USAGE and "cannot be empty" in r.stderr
     assert ndctl(home, "secrets", "set", "A", "--env", "production", input="top-secret-value").returncode == 0
+    assert ndctl(home, "secrets", "set", "C", "-", "--env", "production", input="two\nlines\n").returncode == 0
+    assert ndctl(home, "secrets", "get", "C", "--env", "production").stdout == "two\nlines"  # echo's newline only
+    (home / "v.pem").write_text("file\n")
+    assert ndctl(home, "secrets", "set", "C", "--from-file", str(home / "v.pem"), "--env", "production").returncode == 0
+    assert ndctl(home, "secrets", "get", "C", "--env", "production").stdout == "file\n"  # a file: exactly
     r = ndctl(home, "secrets", "remove", "A", "--env", "production")
     assert r.returncode == ExitStatus.USAGE and "--yes" in r.stderr
     r = ndctl(home, "secrets", "rekey")
@@ -181,6 +186,11 @@ def test_cli_errors_and_exit_statuses_without_hosts(home) -> None:
     assert r.returncode == ExitStatus.AUTH and "may not use secret A" in r.stderr
     r = ndctl(home, "secrets", "get", "A", "--env", "production")
     assert r.returncode == ExitStatus.AUTH
+    audit = json.loads(ndctl(home, "secrets", "audit", "A", "-o", "json").stdout)
+    assert [(a["action"], a.get("detail")) for a in audit] == [("set", None), ("get", "refused: AccessDenied")]
+    assert ("get", "C", None) in {(a["action"], a["secret"], a.get("detail"))
+                                  for a in json.loads(ndctl(home, "secrets", "audit", "-o", "json").stdout)}
+    assert ndctl(home, "secrets", "set", "B", "--env", "production", input="line\n").returncode == ExitStatus.AUTH
     listed = ndctl(home, "secrets", "list")
     assert listed.returncode == 0 and "A" in listed.stdout and "top-secret-value" not in listed.stdout
     for p in (home / "nd").rglob("*"):
