@@ -19,6 +19,8 @@ app = typer.Typer(help="Secrets encrypted with age: to operators and to the host
                   no_args_is_help=True)
 env_app = typer.Typer(help="Secrets environments: a name mapped to a host selector.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
+operator_app = typer.Typer(help="Operators: the age keys every secret is also encrypted to.", no_args_is_help=True)
+app.add_typer(operator_app, name="operator")
 
 OUTPUT = typer.Option(Output.table, "--output", "-o", help="table, json or yaml.")
 ENV = typer.Option(..., "--env", "-e", help="Environment (see `ndctl secrets env list`).")
@@ -229,6 +231,33 @@ def env_remove(name: str = typer.Argument(...)) -> None:
         raise UsageError(f"environment {name} still has secrets: remove them first")
     s.set_environment(name, None)
     output.stdout.print(f"environment {name}: removed", markup=False)
+
+
+# --------------------------------------------------------------------------- operators
+@operator_app.command("list")
+def operator_list(fmt: Output = OUTPUT) -> None:
+    ops = _secrets().inventory.operators
+    if not _emit([{"operator": k, "public_key": v} for k, v in ops.items()], fmt):
+        output.table(["OPERATOR", "PUBLIC KEY"], ops.items())
+
+
+@operator_app.command("add")
+def operator_add(name: str = typer.Argument(...), key: str = typer.Argument(..., help="Their age1... key "
+                                                                                     "(`ndctl secrets whoami`).")) -> None:
+    """Add a teammate's public key; then `ndctl secrets rekey` encrypts existing secrets to it."""
+    _secrets().set_operator(name, key)
+    output.stdout.print(f"operator {name} added; run `ndctl secrets rekey` to give them the existing secrets",
+                        markup=False)
+
+
+@operator_app.command("remove")
+def operator_remove(name: str = typer.Argument(...),
+                    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Remove an operator's key; then `ndctl secrets rekey` (and rotate values they could read)."""
+    _confirm(yes, f"remove operator {name}")
+    _secrets().set_operator(name, None)
+    output.stdout.print(f"operator {name} removed; run `ndctl secrets rekey`, and rotate the values they could "
+                        "read (old ciphertext, e.g. in git history, stays readable with their key)", markup=False)
 
 
 def register(root: typer.Typer) -> None:

@@ -82,6 +82,22 @@ class Secrets:
             self.inventory = inv
         return {**self.status(), "created": created}
 
+    def set_operator(self, name: str, key: str | None) -> None:
+        """Add a teammate's public key (``age1...``), or remove one (None); then ``rekey``."""
+        if key is not None:
+            validate_operator_key(key)
+        if not name or any(c.isspace() for c in name) or len(name) > 100:
+            raise UsageError(f"invalid operator name {name!r}")
+        with locked(self.inventory.path) as inv:
+            if key is None and name not in inv.operators:
+                from ndctl.core.errors import NotFoundError
+
+                raise NotFoundError(f"no operator {name!r} in {inv.path}",
+                                    hint="`ndctl secrets operator list` shows them")
+            inv.set_mapping_entry("operators", name, key)
+            inv.save()
+            self.inventory = inv
+
     def set_environment(self, env: str, selector: str | None) -> None:
         """Map ``env`` to a host selector (None removes it)."""
         validate_env_name(env)

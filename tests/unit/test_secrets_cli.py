@@ -196,3 +196,29 @@ def test_cli_errors_and_exit_statuses_without_hosts(home) -> None:
     for p in (home / "nd").rglob("*"):
         if p.is_file():
             assert b"top-secret-value" not in p.read_bytes(), p
+
+
+def test_operator_add_rekey_then_remove(home, monkeypatch) -> None:
+    import pyrage
+
+    monkeypatch.setenv("NDCTL_KEYRING", "0")
+    _inventory(home)
+    assert ndctl(home, "secrets", "init").returncode == 0
+    assert ndctl(home, "secrets", "set", "K", "--env", "production", input="v").returncode == 0
+    bob = pyrage.x25519.Identity.generate()
+    assert ndctl(home, "secrets", "operator", "add", "bob", "not-a-key").returncode == ExitStatus.USAGE
+    assert ndctl(home, "secrets", "operator", "add", "bob", str(bob.to_public())).returncode == 0
+    ct = json.loads((home / "nd" / "secrets" / "production" / "K.json").read_text())["ciphertext"]
+    with pytest.raises(pyrage.DecryptError):  # not before a rekey
+        pyrage.decrypt(ct.encode(), [bob])
+    assert ndctl(home, "secrets", "rekey", "--yes").returncode == 0
+    ct = json.loads((home / "nd" / "secrets" / "production" / "K.json").read_text())["ciphertext"]
+    assert pyrage.decrypt(ct.encode(), [bob]) == b"v"
+    assert ndctl(home, "secrets", "operator", "remove", "bob", "--yes").returncode == 0
+    assert ndctl(home, "secrets", "operator", "remove", "bob", "--yes").returncode == ExitStatus.NOT_FOUND
+    assert ndctl(home, "secrets", "rekey", "--yes").returncode == 0
+    ct = json.loads((home / "nd" / "secrets" / "production" / "K.json").read_text())["ciphertext"]
+    with pytest.raises(pyrage.DecryptError):
+        pyrage.decrypt(ct.encode(), [bob])
+    ops = json.loads(ndctl(home, "secrets", "operator", "list", "-o", "json").stdout)
+    assert [o["operator"] for o in ops] == ["alice@laptop"]
