@@ -188,13 +188,23 @@ class Secrets:
         return sorted(recs, key=lambda r: r.at)  # stable: same-second records keep their order
 
     # ----- deploys ---------------------------------------------------------------------
+    def _members(self) -> dict[str, set[str]]:
+        """environment -> names of its hosts (each selector evaluated once per deploy)."""
+        if getattr(self, "_member_cache", None) is None:
+            self._member_cache = {e: {h.name for h in self.inventory.environment_hosts(e)}
+                                  for e in self.inventory.environments}
+        return self._member_cache
+
     def host_env(self, host: Host, env: str | None) -> str:
+        members = self._members()
         if env is not None:
-            if host.name not in {h.name for h in self.inventory.environment_hosts(env)}:
+            if env not in members:
+                self.inventory.environment_hosts(env)  # raises: unknown environment (exit 5)
+            if host.name not in members[env]:
                 raise UsageError(f"host {host.name} is not in environment {env} "
                                  f"(selector {self.inventory.environments[env]!r})")
             return env
-        envs = self.inventory.environments_of(host)
+        envs = [e for e, names in members.items() if host.name in names]
         if len(envs) == 1:
             return envs[0]
         if not envs:

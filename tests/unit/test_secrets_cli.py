@@ -222,3 +222,22 @@ def test_operator_add_rekey_then_remove(home, monkeypatch) -> None:
         pyrage.decrypt(ct.encode(), [bob])
     ops = json.loads(ndctl(home, "secrets", "operator", "list", "-o", "json").stdout)
     assert [o["operator"] for o in ops] == ["alice@laptop"]
+
+
+def test_python_api_fleet_secrets(home, monkeypatch) -> None:
+    from ndctl import Fleet
+
+    monkeypatch.setenv("NDCTL_KEYRING", "0")
+    _inventory(home, f"  web-1:\n    address: 192.0.2.1\n    tags: [production]\n    host_key: {HOST_KEY}\n")
+    fleet = Fleet()
+    st = fleet.secrets.init()
+    assert st["created"] and st["registered"] and st["backend"] == "file"
+    rec = fleet.secrets.set("API_TOKEN", Secret("plain-token-value"), env="production")
+    assert {r.name for r in rec.recipients} == {"alice@laptop", "web-1"}
+    assert [r.name for r in Fleet().secrets.list("production")] == ["API_TOKEN"]
+    assert Fleet().secrets.get("API_TOKEN", env="production").reveal() == "plain-token-value"
+    plan = fleet.secrets.plan_delivery(fleet.hosts, ["API_TOKEN"])
+    assert plan["web-1"].host_key == HOST_KEY and "plain-token-value" not in repr(plan["web-1"].ciphertexts)
+    assert [a.action for a in fleet.secrets.audit("API_TOKEN")] == ["set", "get"]
+    with pytest.raises(TypeError):
+        fleet.secrets.set("X", "plain str", env="production")  # values are Secret, never bare strings
