@@ -69,6 +69,16 @@ def _keyring() -> Any | None:
     return kr
 
 
+def _keyring_call(fn: Any, *args: str) -> Any:
+    """A keyring backend that exists but fails (locked, no D-Bus session): say what to do."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - keyring.errors.KeyringError and backend-specific errors
+        raise IdentityError(f"the OS keyring failed: {type(e).__name__}: {e}",
+                            hint=f"unlock it, or use a file: NDCTL_KEYRING=0 (identity in {default_file()}) "
+                                 f"or {ENV_FILE}=PATH") from None
+
+
 def backend() -> Backend:
     env = os.environ.get(ENV_FILE)
     if env:
@@ -108,7 +118,7 @@ def load() -> Any:
     b = backend()
     if b.kind == "keyring":
         kr = _keyring()
-        text = kr.get_password(SERVICE, USERNAME)
+        text = _keyring_call(kr.get_password, SERVICE, USERNAME)
         if not text:
             raise IdentityError(f"no operator identity in the {b.describe()}",
                                 hint="`ndctl secrets init` creates one (or set NDCTL_AGE_IDENTITY_FILE)")
@@ -137,7 +147,7 @@ def create(*, replace: bool = False) -> tuple[Any, bool]:
     text = Secret(str(ident))
     b = backend()
     if b.kind == "keyring":
-        _keyring().set_password(SERVICE, USERNAME, text.reveal())
+        _keyring_call(_keyring().set_password, SERVICE, USERNAME, text.reveal())
     else:
         p = Path(b.where)
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -76,14 +76,16 @@ restart=0 check=0
 [ "$1" = --check ] && { check=1; shift; }
 only=$1 who=${2:-boot} want=$3
 command -v age >/dev/null 2>&1 || { echo "nd-unseal: age is not installed" >&2; exit 69; }
-key=
+set --
+match=0
 for k in /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_rsa_key; do
-  [ -r "$k" ] && { key=$k; break; }
+  [ -r "$k" ] || continue
+  set -- "$@" -i "$k"
+  [ "$(cut -d' ' -f1,2 "$k.pub" 2>/dev/null)" = "$want" ] && match=1
 done
-[ -n "$key" ] || { echo "nd-unseal: no ssh-ed25519 (or ssh-rsa) host key in /etc/ssh" >&2; exit 78; }
-if [ -n "$want" ]; then
-  have=$(cut -d' ' -f1,2 "$key.pub" 2>/dev/null)
-  [ "$have" = "$want" ] || { echo "nd-unseal: the host key is not the one pinned at registration" >&2; exit 77; }
+[ "$#" -gt 0 ] || { echo "nd-unseal: no ssh-ed25519 (or ssh-rsa) host key in /etc/ssh" >&2; exit 78; }
+if [ -n "$want" ] && [ "$match" = 0 ]; then
+  echo "nd-unseal: the host key is not the one pinned at registration" >&2; exit 77
 fi
 [ "$check" = 0 ] || exit 0
 [ -d "$state" ] || exit 0
@@ -97,12 +99,12 @@ for d in "$state"/*/; do
   for f in "$d"*.age; do
     [ -f "$f" ] || continue
     n=${f##*/}; n=${n%.age}
-    if age -d -i "$key" -o "$run/$app/.$n.tmp" "$f" 2>/dev/null; then
+    if age -d "$@" -o "$run/$app/.$n.tmp" "$f" 2>/dev/null; then
       chmod 0400 "$run/$app/.$n.tmp" && mv -f "$run/$app/.$n.tmp" "$run/$app/$n"
       printf '{"at":"%s","who":"%s","action":"unseal","env":"","secret":"%s","host":"%s","app":"%s"}\n' \
         "$at" "$who" "$n" "$host" "$app" >> "$audit"
     else
-      rm -f "$run/$app/.$n.tmp"; echo "nd-unseal: cannot decrypt $app/$n with $key" >&2; rc=65
+      rm -f "$run/$app/.$n.tmp"; echo "nd-unseal: cannot decrypt $app/$n with the host key" >&2; rc=65
     fi
   done
   chmod 0600 "$audit" 2>/dev/null

@@ -73,6 +73,18 @@ def test_keyring_backend_is_used_when_there_is_one(home, memory_keyring) -> None
     assert not identity.default_file().exists()
 
 
+def test_a_failing_keyring_is_a_clear_error(home, memory_keyring) -> None:
+    from keyring.errors import KeyringLocked
+
+    def locked(*a):
+        raise KeyringLocked("collection is locked")
+
+    memory_keyring.get_password = locked
+    with pytest.raises(IdentityError, match="the OS keyring failed: KeyringLocked") as e:
+        identity.load()
+    assert "NDCTL_KEYRING=0" in e.value.hint
+
+
 def test_file_fallback_without_keyring_and_its_mode(home, monkeypatch) -> None:
     monkeypatch.setenv("NDCTL_KEYRING", "0")
     b = identity.backend()

@@ -96,25 +96,51 @@ def test_entrypoint_wrapper_exports_files_and_execs(tmp_path: Path) -> None:
     assert subprocess.run([str(script)], capture_output=True, env=env, timeout=30).returncode == 64
 
 
-@pytest.mark.skipif(not shutil.which("age"), reason="the age CLI is not installed")
-def test_unseal_script_decrypts_with_the_host_key_and_checks_it(tmp_path: Path) -> None:
-    k = asyncssh.generate_private_key("ssh-ed25519")
-    pub = " ".join(k.export_public_key().decode().split()[:2])
-    keydir = tmp_path / "etc-ssh"
-    keydir.mkdir()
-    (keydir / "ssh_host_ed25519_key").write_bytes(k.export_private_key())
-    (keydir / "ssh_host_ed25519_key").chmod(0o600)
-    (keydir / "ssh_host_ed25519_key.pub").write_text(pub + " root@h\n")
+def _host_keys(keydir: Path, *algs: str) -> dict[str, str]:
+    keydir.mkdir(exist_ok=True)
+    pubs = {}
+    for alg in algs:
+        k = asyncssh.generate_private_key(alg)
+        short = alg.removeprefix("ssh-")
+        pubs[alg] = " ".join(k.export_public_key().decode().split()[:2])
+        (keydir / f"ssh_host_{short}_key").write_bytes(k.export_private_key())
+        (keydir / f"ssh_host_{short}_key").chmod(0o600)
+        (keydir / f"ssh_host_{short}_key.pub").write_text(pubs[alg] + " root@h\n")
+    return pubs
+
+
+def _unseal_script(tmp_path: Path, keydir: Path) -> tuple[Path, Path, Path, Path]:
     state, run, audit = tmp_path / "state", tmp_path / "run", tmp_path / "audit" / "secrets.jsonl"
-    (state / "web").mkdir(parents=True)
-    ct = pyrage.encrypt(b"s3cr3t\n", [pyrage.ssh.Recipient.from_str(pub)], armored=True)
-    (state / "web" / "DB_PASSWORD.age").write_bytes(ct)
     script = tmp_path / "unseal"
     script.write_text(sec.UNSEAL_SCRIPT.replace("/var/lib/nextdeploy/secrets", str(state))
                       .replace("/run/nextdeploy/secrets", str(run))
                       .replace("/var/lib/nextdeploy/audit/secrets.jsonl", str(audit))
                       .replace("/etc/ssh/", f"{keydir}/").replace("/run/nextdeploy ", f"{run} "))
     script.chmod(0o755)
+    return script, state, run, audit
+
+
+@pytest.mark.skipif(not shutil.which("age"), reason="the age CLI is not installed")
+def test_unseal_with_an_rsa_pinned_key_beside_an_ed25519_one(tmp_path: Path) -> None:
+    pubs = _host_keys(tmp_path / "etc-ssh", "ssh-ed25519", "ssh-rsa")
+    script, state, run, _ = _unseal_script(tmp_path, tmp_path / "etc-ssh")
+    (state / "web").mkdir(parents=True)
+    (state / "web" / "K.age").write_bytes(
+        pyrage.encrypt(b"rsa-only", [pyrage.ssh.Recipient.from_str(pubs["ssh-rsa"])], armored=True))
+    r = subprocess.run([str(script), "web", "alice", pubs["ssh-rsa"]], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (run / "web" / "K").read_text() == "rsa-only"
+
+
+@pytest.mark.skipif(not shutil.which("age"), reason="the age CLI is not installed")
+def test_unseal_script_decrypts_with_the_host_key_and_checks_it(tmp_path: Path) -> None:
+    keydir = tmp_path / "etc-ssh"
+    pub = _host_keys(keydir, "ssh-ed25519")["ssh-ed25519"]
+    state, run, audit = tmp_path / "state", tmp_path / "run", tmp_path / "audit" / "secrets.jsonl"
+    (state / "web").mkdir(parents=True)
+    ct = pyrage.encrypt(b"s3cr3t\n", [pyrage.ssh.Recipient.from_str(pub)], armored=True)
+    (state / "web" / "DB_PASSWORD.age").write_bytes(ct)
+    script = _unseal_script(tmp_path, keydir)[0]
 
     def unseal(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60)
