@@ -371,7 +371,8 @@ class Deployer:
             return
         t0 = time.monotonic()
         self.on_event(run.host.name, "secrets", f"delivering {', '.join(d.ciphertexts)} (ciphertext only)")
-        entry: dict[str, Any] = {"action": "secrets", "names": list(d.ciphertexts), "env": d.env}
+        entry: dict[str, Any] = {"action": "secrets", "names": list(d.ciphertexts), "env": d.env,
+                                 "why": "ciphertext to the host, unsealed into tmpfs before green starts"}
         try:
             boot = await deliver(self.runner, d, self.spec.app, who=self.who)
         except NdctlError as e:
