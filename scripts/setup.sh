@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
-PKGS=(docker.io openssh-server openssh-client iptables age caddy nginx debootstrap busybox-static iproute2 procps
+PKGS=(docker.io openssh-server openssh-client iptables age caddy nginx debootstrap busybox-static docker-registry iproute2 procps
       python3 python3-venv python3-pip ca-certificates)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -61,7 +61,14 @@ def deploy(
     health_check: Optional[str] = typer.Option(None, "--health-check", help="Health-check path, e.g. /api/health."),
     parallel: Optional[str] = typer.Option(None, "--parallel", help="Hosts per batch: N or N%."),
     version: Optional[str] = typer.Option(None, "--version", help="Version label (default: the image tag)."),
-    pull: bool = typer.Option(False, "--pull", help="docker pull on the hosts instead of shipping the local image."),
+    pull: bool = typer.Option(False, "--pull", help="docker pull on the hosts instead of shipping the local image "
+                                                    "(the default when the file has a registry: section)."),
+    registry_server: Optional[str] = typer.Option(None, "--registry-server", help="Registry to log in to for the "
+                                                  "pull (overrides the file; default: Docker Hub)."),
+    registry_user: Optional[str] = typer.Option(None, "--registry-user", help="Registry user (overrides the file)."),
+    registry_password_stdin: bool = typer.Option(False, "--registry-password-stdin",
+                                                 help="Read the registry password from stdin (else from the "
+                                                      "variable named by registry.password_env)."),
     rollback_on_failure: bool = typer.Option(False, "--rollback-on-failure",
                                              help="Roll switched hosts back when a later batch fails."),
     lock_wait: float = typer.Option(0.0, "--lock-wait", min=0,
@@ -79,17 +86,20 @@ def deploy(
     from ndctl.transport.ssh import Runner
 
     spec = _spec(file, image=image, tags=selector, strategy=strategy, health_check=health_check, parallel=parallel,
-                 secrets=secret or None)
+                 registry_server=registry_server, registry_user=registry_user, secrets=secret or None)
     ver = validate_version(version) if version else default_version(spec.image)
+    source = "pull" if pull or spec.registry is not None else "ship"
+    auth = registry_auth(spec, password_stdin=registry_password_stdin) if source == "pull" else None
     fleet = _fleet(selector, spec)
     # secrets: every one checked for every host (exists, may be used, encrypted to its key) before any host is touched
     deliveries = fleet.secrets.plan_delivery(fleet.hosts, spec.secrets, env=env) if spec.secrets else {}
 
     async def main():
         async with Runner(fleet.run_options()) as runner:
-            d = Deployer(runner, fleet.inventory, spec, on_event=_event, lock_wait=lock_wait, secrets=deliveries)
+            d = Deployer(runner, fleet.inventory, spec, on_event=_event, lock_wait=lock_wait, registry_auth=auth,
+                         secrets=deliveries)
             try:
-                return await d.deploy(fleet.hosts, version=ver, image_source="pull" if pull else "ship",
+                return await d.deploy(fleet.hosts, version=ver, image_source=source,
                                       rollback_on_failure=rollback_on_failure)
             except asyncio.CancelledError:  # Ctrl-C: the hosts cleaned up; report what happened
                 if d.report is None:
@@ -116,6 +126,33 @@ def deploy(
         raise typer.Exit(int(ExitStatus.INTERRUPTED))
     if not result.ok:
         raise typer.Exit(int(deploy_exit_status(result)))
+
+
+def registry_auth(spec, *, password_stdin: bool = False, stdin=None, environ=None):
+    """The registry credentials of a pull, or None without a ``registry:``; a missing password is
+    a usage error before any host is touched."""
+    import os
+
+    from ndctl.core.errors import UsageError
+    from ndctl.core.secret import Secret
+    from ndctl.ops.images import RegistryAuth
+
+    reg = spec.registry
+    if reg is None:
+        if password_stdin:
+            raise UsageError("--registry-password-stdin: no registry user (add a registry: section to the file, "
+                             "or pass --registry-user)")
+        return None
+    if password_stdin:
+        password = (stdin or sys.stdin).readline().rstrip("\r\n")
+        if not password:
+            raise UsageError("--registry-password-stdin: stdin held no password")
+    else:
+        password = (os.environ if environ is None else environ).get(reg.password_env, "")
+        if not password:
+            raise UsageError(f"no password for registry user {reg.username!r}: set {reg.password_env} "
+                             f"(registry.password_env) or pass --registry-password-stdin")
+    return RegistryAuth(username=reg.username, password=Secret(password), server=reg.server)
 
 
 def final_lines(result, app: str, version: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ndctl.commands import docker
 from ndctl.core.proxy import (
     CONFIG_FILES,
     CONTAINER_DIR,
@@ -46,7 +47,8 @@ def container_config_path(kind: str, name: str | None = None) -> str:
 
 
 def network_create_argv(network: str = NETWORK) -> Argv:
-    return ["docker", "network", "create", "--label", f"{LABEL_ROLE}=network", network]
+    """Create the network if missing (idempotent, race-safe); prints ``created`` or ``exists``."""
+    return docker.ensure_network(network)
 
 
 def network_remove_argv(network: str = NETWORK) -> Argv:
@@ -59,12 +61,18 @@ def inspect_argv(proxy_dir: str = PROXY_DIR, container: str = PROXY_CONTAINER, n
     Prints ``network yes|no``, ``container absent`` or ``container <status> <kind label> <image>``,
     ``config <file> <sha256>`` per existing config, then the route listing.
     """
+    # One docker call in the usual case: a running proxy attached to the network proves the
+    # network exists (a stopped one does not: its network may have been removed since).
     script = _LIST_ROUTES + (
-        'd=$1; c=$2; n=$3; '
-        'if docker network inspect "$n" >/dev/null 2>&1; then echo "network yes"; else echo "network no"; fi; '
+        'd=$1; c=$2; n=$3; net=; '
         'st=$(docker container inspect -f '
-        "'{{.State.Status}} {{index .Config.Labels \"" + LABEL_KIND + "\"}} {{.Config.Image}}'"
-        ' "$c" 2>/dev/null) && echo "container $st" || echo "container absent"; '
+        "'{{.State.Status}} {{index .Config.Labels \"" + LABEL_KIND + "\"}} {{.Config.Image}}"
+        "|{{range $k, $v := .NetworkSettings.Networks}} {{$k}}{{end}}'"
+        ' "$c" 2>/dev/null) && echo "container ${st%%|*}" || echo "container absent"; '
+        'case "$st" in running\\ *) case " ${st#*|} " in *" $n "*) net=yes;; esac;; esac; '
+        'if [ -z "$net" ]; then '
+        'if docker network inspect "$n" >/dev/null 2>&1; then net=yes; else net=no; fi; fi; '
+        'echo "network $net"; '
         + _READ_CONFIGS + 'list_routes "$d"'
     )
     return ["sh", "-c", script, "ndctl-proxy-inspect", proxy_dir, container, network]

@@ -40,11 +40,14 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 TOP_FIELDS = ("app", "image", "port", "command", "tags", "health_check", "env", "volumes", "proxy",
-              "strategy", "parallel", "drain", "grace", "stop_timeout", "retain", "secrets")
+              "strategy", "parallel", "drain", "grace", "stop_timeout", "retain", "registry", "secrets")
 SECRET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")  # as ndctl.core.secretstore.SECRET_NAME_RE
 HEALTH_FIELDS = ("path", "port", "status", "host", "interval", "timeout", "successes", "failures",
                  "start_period", "deadline")
 PROXY_FIELDS = ("kind", "hosts", "image")
+REGISTRY_FIELDS = ("server", "username", "password_env")
+DEFAULT_PASSWORD_ENV = "NDCTL_REGISTRY_PASSWORD"
+REGISTRY_SERVER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:\d{1,5})?$")
 
 
 class AppSpecError(UsageError):
@@ -257,6 +260,17 @@ class ProxySpec:
 
 
 @dataclass(frozen=True)
+class RegistrySpec:
+    """Where hosts pull the image from, and as whom. The password is never in the file: it
+    is read on the operator's machine from ``password_env`` (or ``--registry-password-stdin``)
+    and reaches each host's ``docker login --password-stdin`` on stdin only."""
+
+    username: str
+    server: str | None = None  # None: Docker Hub
+    password_env: str = DEFAULT_PASSWORD_ENV
+
+
+@dataclass(frozen=True)
 class AppSpec:
     app: str
     image: str  # "" only when loaded with require_image=False and no --image yet
@@ -273,6 +287,7 @@ class AppSpec:
     grace: float = 300.0  # the old container stops this long after the switch
     stop_timeout: float = 10.0  # SIGTERM -> SIGKILL when a container is stopped
     retain: int = 3  # previous releases kept (stopped) for rollback
+    registry: RegistrySpec | None = None  # set: hosts pull the image (with a throw-away login)
     secrets: tuple[str, ...] = ()  # names from `ndctl secrets`: /run/secrets/NAME and $NAME in the app
     path: str | None = field(default=None, compare=False)
 
@@ -308,6 +323,11 @@ class AppSpec:
             "drain": format_duration(self.drain), "grace": format_duration(self.grace),
             "stop_timeout": format_duration(self.stop_timeout), "retain": self.retain,
         })
+        if self.registry is not None:
+            reg = {"username": self.registry.username, "password_env": self.registry.password_env}
+            if self.registry.server:
+                reg["server"] = self.registry.server
+            out["registry"] = reg
         if self.secrets:
             out["secrets"] = list(self.secrets)
         return out
@@ -514,6 +534,38 @@ def _proxy(r: _Reader, node: Any, parent: Any) -> ProxySpec:
     return ProxySpec(kind=kind, hosts=tuple(hosts), image=image)
 
 
+def _registry_server(value: Any) -> str:
+    if not isinstance(value, str) or not REGISTRY_SERVER_RE.match(value):
+        raise ValueError(f"{value!r} is not a registry host name (registry.example.com, ghcr.io, "
+                         "127.0.0.1:5000; no scheme, no path)")
+    return value
+
+
+def _registry_user(value: Any) -> str:
+    if not isinstance(value, str) or not value or value.startswith("-") or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a user name (non-empty, no spaces, not starting with '-')")
+    return value
+
+
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not ENV_KEY_RE.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+def _registry(r: _Reader, node: Any, parent: Any) -> RegistrySpec:
+    m = r.mapping(node, "registry", REGISTRY_FIELDS, parent, "registry")
+    if m.get("username") is None:
+        raise r.err("registry.username", "is required (the password comes from the environment variable "
+                                         f"named by password_env, default {DEFAULT_PASSWORD_ENV})", parent, "registry")
+    return RegistrySpec(
+        username=r.check(_registry_user, m["username"], "registry.username", m, "username"),
+        server=r.check(_registry_server, m["server"], "registry.server", m, "server")
+        if m.get("server") is not None else None,
+        password_env=r.check(_env_name, m["password_env"], "registry.password_env", m, "password_env")
+        if m.get("password_env") is not None else DEFAULT_PASSWORD_ENV)
+
+
 def parse_appspec(text: str, source: str = DEFAULT_FILENAME, *, require_image: bool = True) -> AppSpec:
     """Parse and validate the text of a ``nextdeploy.yaml``."""
     from ruamel.yaml import YAML
@@ -579,6 +631,8 @@ def parse_appspec(text: str, source: str = DEFAULT_FILENAME, *, require_image: b
             kw[k] = r.check(lambda v: parse_duration(v, "value"), doc[k], k, doc, k)
     if "retain" in doc:
         kw["retain"] = r.check(lambda v: _int(v, 1, 100), doc["retain"], "retain", doc, "retain")
+    if doc.get("registry") is not None:
+        kw["registry"] = _registry(r, doc["registry"], doc)
     if doc.get("secrets") is not None:
         kw["secrets"] = r.check(lambda v: _secret_names(r, v, doc), doc["secrets"], "secrets", doc, "secrets")
     spec = AppSpec(**kw)
@@ -613,6 +667,8 @@ def apply_overrides(
     strategy: str | None = None,
     health_check: str | None = None,
     parallel: str | int | None = None,
+    registry_server: str | None = None,
+    registry_user: str | None = None,
     secrets: Iterable[str] | None = None,
 ) -> AppSpec:
     """CLI flags over the file; ``None`` keeps the file's value. Errors name the flag.
@@ -636,6 +692,16 @@ def apply_overrides(
         changes["health_check"] = replace(spec.health_check, path=check(_health_path, health_check, "--health-check"))
     if parallel is not None:
         changes["parallel"] = check(parse_parallel, parallel, "--parallel")
+    if registry_server is not None or registry_user is not None:
+        base = spec.registry
+        if base is None and registry_user is None:
+            raise AppSpecError("--registry-server: also give --registry-user (or a registry: section in the file)")
+        changes["registry"] = RegistrySpec(
+            username=check(_registry_user, registry_user, "--registry-user") if registry_user is not None
+            else base.username,
+            server=check(_registry_server, registry_server, "--registry-server") if registry_server is not None
+            else (base.server if base else None),
+            password_env=base.password_env if base else DEFAULT_PASSWORD_ENV)
     if secrets:
         names = tuple(check(_secret_name, n, "--secret") for n in secrets)
         changes["secrets"] = tuple(dict.fromkeys(spec.secrets + names))
@@ -694,6 +760,11 @@ drain: 30s                  # long-lived connections (WebSockets, streams) keep 
 grace: 5m                   # the old container stops this long after the switch
 stop_timeout: 10s           # SIGTERM, then SIGKILL after this
 retain: 3                   # previous releases kept (stopped) for `ndctl rollback`
+
+# registry:                 # set it and the hosts pull the image (docker login into a throw-away
+#   server: ghcr.io         #   config, removed after the pull) instead of receiving it over SSH
+#   username: deploy        # default server: Docker Hub
+#   password_env: NDCTL_REGISTRY_PASSWORD   # read on YOUR machine; never written anywhere
 """
 
 
@@ -703,7 +774,7 @@ def example_yaml() -> str:
 
 
 __all__ = [
-    "AppSpec", "AppSpecError", "HealthCheck", "Parallelism", "ProxySpec", "Volume",
+    "AppSpec", "AppSpecError", "HealthCheck", "Parallelism", "ProxySpec", "RegistrySpec", "Volume",
     "DEFAULT_FILENAME", "STRATEGIES", "PROXY_KINDS", "DEFAULT_PROXY_IMAGES",
     "apply_overrides", "default_version", "example_yaml", "format_duration", "load_appspec",
     "parse_appspec", "parse_duration", "parse_parallel", "parse_status", "parse_volume", "validate_version",

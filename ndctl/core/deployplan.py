@@ -9,7 +9,7 @@ here does I/O, reads the clock or draws randomness except
 
 Lifecycle on one host (blue-green)::
 
-    ensure-network, ensure-proxy, lock            begin_steps(): before observing
+    ensure-proxy (and network), lock              begin_steps(): before observing
     remove strays, repair current, stop stale     recovery (under the lock)
     ship-image | pull-image                       } HostPlan.prepare: every host,
     start green, health-check, switch,            } HostPlan.rollout: batch by
@@ -305,8 +305,7 @@ class HostState:
 class Action(str, Enum):
     """What a step does; the fields of :class:`Step` it uses are in brackets."""
 
-    ENSURE_NETWORK = "ensure-network"  # docker.ensure_network()
-    ENSURE_PROXY = "ensure-proxy"  # the proxy container runs [image: proxy image]
+    ENSURE_PROXY = "ensure-proxy"  # the app network and the proxy container exist and run [image]
     LOCK = "lock"  # appstate.acquire_lock [deploy_id]
     REMOVE = "remove"  # docker rm -f [containers]
     STOP = "stop"  # docker stop [containers, seconds = stop timeout]
@@ -389,13 +388,12 @@ class HostPlan:
 
 
 def begin_steps(spec: AppSpec, state: HostState | None = None, *, deploy_id: str) -> tuple[Step, ...]:
-    """Network, proxy, lock: what runs before the state is observed (skipping what is known present)."""
+    """Network and proxy, lock: what runs before the state is observed (skipping what is known present)."""
     steps = []
-    if state is None or state.network is not True:
-        steps.append(Step(Action.ENSURE_NETWORK, why=f"make sure the {NETWORK} network exists"))
-    if state is None or state.proxy is not True:
+    # One step for both: the proxy's inspection (one round trip) already looks at the network.
+    if state is None or state.network is not True or state.proxy is not True:
         steps.append(Step(Action.ENSURE_PROXY, image=spec.proxy.image_ref,
-                          why=f"make sure the {spec.proxy.kind} proxy runs"))
+                          why=f"make sure the {NETWORK} network and the {spec.proxy.kind} proxy exist"))
     steps.append(Step(Action.LOCK, deploy_id=deploy_id, why=f"lock {spec.app} on this host"))
     return tuple(steps)
 
@@ -688,7 +686,7 @@ def on_failure(plan: HostPlan, step: Step | int, *, interrupted: bool = False) -
         return FailureDecision(RESULT_OK, True, (), steps[i + 1:],
                                f"{green} serves on {plan.host}, but {a.value} {what}: {hints.get(a, 'continuing')}")
 
-    if a in (Action.ENSURE_NETWORK, Action.ENSURE_PROXY):
+    if a is Action.ENSURE_PROXY:
         return FailureDecision(bad, False, (), (), f"{a.value} {what} on {plan.host}; nothing changed, {serving}")
     if a == Action.LOCK:
         # Interrupted, the lock may have been taken: releasing by our id is safe either way.

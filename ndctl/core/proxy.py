@@ -187,6 +187,9 @@ class ProxyStatus:
     kind: str
     image: str
     changes: list[str] = field(default_factory=list)
+    #: what the inspection read, when nothing changed since: a later switch may start from it
+    #: instead of reading again (its compare-and-swap catches any change in between)
+    snapshot: object = field(default=None, repr=False, compare=False)
 
     @property
     def changed(self) -> bool:

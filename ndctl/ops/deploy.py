@@ -153,11 +153,12 @@ class HostRun:
     started: datetime = field(default_factory=_now)
     locked: bool = False  # this operation holds the app's lock on the host
     lock_pending: bool = False  # a lock request was sent: it may hold the lock even without an answer
-    created_network: bool = False
     exit_status: ExitStatus | None = None
     rollout_started: datetime | None = None
     rollout_finished: datetime | None = None
     rolled_back: dict[str, Any] | None = None
+    proxy_snapshot: object = None  # ensure-proxy's reading, for the switch (ops.proxy.set_route known=)
+    image_id: str | None = None  # the id of a pulled image (a shipped one's is in the plan already)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"host": self.host.name, "result": self.result, "switched": self.switched, "message": self.message,
@@ -176,8 +177,10 @@ class HostRun:
 class Deployer:
     def __init__(self, runner: Runner, inventory: Inventory, spec: AppSpec, *,
                  on_event: EventCallback | None = None, lock_wait: float = 0.0,
+                 registry_auth: image_ops.RegistryAuth | None = None,
                  secrets: dict[str, Any] | None = None) -> None:
         self.lock_wait = max(0.0, lock_wait)  # seconds to wait for another deploy's lock
+        self.registry_auth = registry_auth  # for pulls: a throw-away docker login on each host
         #: host name -> ndctl.ops.secrets.HostDelivery (validated before any host is touched)
         self.secrets = secrets or {}
         self.runner = runner
@@ -204,15 +207,16 @@ class Deployer:
         return r
 
     async def observe(self, host: Host) -> dp.HostState:
-        """The host's state for this app, in three round trips."""
+        """The host's state for this app: three reads, side by side on the host's connection."""
         app = self.spec.app
-        c = await self._run(host, docker.list_app_containers(app))
-        s = await self._run(host, appstate.read_state(app, history_tail=200))
+        c, s, ids = await asyncio.gather(
+            self._run(host, docker.list_app_containers(app)),
+            self._run(host, appstate.read_state(app, history_tail=200)),
+            self._run(host, ["docker", "image", "ls", "--no-trunc", "--quiet"]))
         for r in (c, s):
             if not r.ok:
                 raise RemoteError(f"{host.name}: cannot read the state of {app}: "
                                   f"{explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code}", r)
-        ids = await self._run(host, ["docker", "image", "ls", "--no-trunc", "--quiet"])
         return dp.HostState.from_outputs(host.name, app, containers_text=c.stdout, state_text=s.stdout,
                                          history_tail=200, image_ids=ids.stdout.split() if ids.ok else None,
                                          network=True, proxy=True)
@@ -259,10 +263,7 @@ class Deployer:
     async def _do(self, run: HostRun, step: dp.Step) -> None:
         host, spec, plan = run.host, self.spec, run.plan
         A = dp.Action
-        if step.action is A.ENSURE_NETWORK:
-            r = await self._must(host, step, docker.ensure_network())
-            run.created_network = r.stdout.strip() == "created"
-        elif step.action is A.ENSURE_PROXY:
+        if step.action is A.ENSURE_PROXY:
             await self._ensure_proxy(run, step)
         elif step.action is A.LOCK:
             payload = appstate.lock_payload(who=self.who, from_=self.origin, at=dp.iso(run.started),
@@ -298,11 +299,13 @@ class Deployer:
             await self._must(host, step, appstate.write_current(spec.app), input=payload)
         elif step.action in (A.PULL_IMAGE, A.SHIP_IMAGE):
             source = "pull" if step.action is A.PULL_IMAGE else "ship"
-            g = await image_ops.ensure_image(self.runner, [host], step.image or spec.image, source=source)
+            g = await image_ops.ensure_image(self.runner, [host], step.image or spec.image, source=source,
+                                             registry_auth=self.registry_auth if source == "pull" else None)
+            r = g.results[0]
             if not g.ok:
-                r = g.results[0]
                 raise StepFailed(step, explain(host.name, r) or r.error or r.stderr.strip()
                                  or f"exit status {r.exit_code}", r)
+            run.image_id = (r.value or {}).get("image_id")  # what the pull brought: history names it
         elif step.action is A.START:
             await self._must(host, step, docker.run_app(spec, version=step.version or "",
                                                        deploy_id=step.deploy_id or "", image=step.image,
@@ -328,11 +331,12 @@ class Deployer:
         elif step.action is A.SWITCH:
             route = Route(app=spec.app, upstream=f"{step.container}:{step.port or spec.port}",
                           hosts=tuple(spec.proxy.hosts), drain_seconds=max(1, int(step.seconds or 1)))
-            await proxy_ops.set_route(self.runner, host, route)
+            known, run.proxy_snapshot = run.proxy_snapshot, None  # stale once this switch commits
+            await proxy_ops.set_route(self.runner, host, route, known=known)
             run.switched = True
         elif step.action is A.RECORD:
             rec = dp.history_record(plan, result=step.result or dp.RESULT_OK, who=self.who, started_at=run.started,
-                                    finished_at=_now(), error=run.message)
+                                    finished_at=_now(), error=run.message, image_id=run.image_id)
             await self._must(host, step, appstate.append_history(spec.app), input=appstate.history_payload(rec))
         elif step.action is A.SCHEDULE_STOP:
             await self._must(host, step, appstate.schedule_stop(spec.app, step.container or "",
@@ -387,14 +391,13 @@ class Deployer:
     async def _ensure_proxy(self, run: HostRun, step: dp.Step) -> None:
         host, spec = run.host, self.spec
         try:
-            await proxy_ops.ensure_proxy(self.runner, host, spec.proxy.kind, step.image or spec.proxy.image_ref)
+            status = await proxy_ops.ensure_proxy(self.runner, host, spec.proxy.kind,
+                                                  step.image or spec.proxy.image_ref)
+            run.proxy_snapshot = status.snapshot
         except RemoteError as e:
             r = e.result
             why = (explain(host.name, r) if r is not None else None) or \
                 port_clash(host.name, spec.proxy.kind, f"{e}\n{r.stderr if r else ''}") or str(e)
-            if run.created_network:  # this deploy made it for a proxy that never came: take it back
-                await self._run(host, ["docker", "network", "rm", docker.NETWORK])
-                run.created_network = False
             raise StepFailed(step, why, r) from None
 
     async def run_steps(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
@@ -403,7 +406,22 @@ class Deployer:
         A lost connection counts as an interruption (the cleanup reconnects);
         a cancellation (Ctrl-C) runs the same cleanup, then goes on.
         """
-        for step in steps:
+        i = 0
+        while i < len(steps):
+            step = steps[i]
+            if run.switched and step.action in _BOOKKEEPING:
+                j = i
+                while j < len(steps) and steps[j].action in _BOOKKEEPING:
+                    j += 1
+                try:
+                    await self._bookkeeping(run, steps[i:j])
+                except asyncio.CancelledError:
+                    for rest in steps[j:]:  # the unlock: green serves, the lock must not stay behind
+                        await self._warned(run, rest)
+                    raise
+                i = j
+                continue
+            i += 1
             try:
                 await self.step(run, step)
             except (NdctlError, asyncio.CancelledError) as e:
@@ -435,6 +453,23 @@ class Deployer:
                 if cancelled:
                     raise
                 return
+
+    async def _bookkeeping(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
+        """After the switch: current.json, history, the delayed stop and pruning are independent,
+        so they run side by side (one round trip of wall time, not four). Each failure is only
+        warned about, as :func:`deployplan.on_failure` decides after a switch. Ctrl-C interrupts
+        the ones still running (the caller still unlocks); the next deploy repairs what they left."""
+        await asyncio.gather(*(self._warned(run, s) for s in steps))
+
+    async def _warned(self, run: HostRun, step: dp.Step) -> None:
+        try:
+            await self.step(run, step)
+        except Exception as e:  # noqa: BLE001 - after the switch a failed step is a warning
+            decision = dp.on_failure(run.plan, step, interrupted=_lost(e))
+            run.message = _join(run.message, decision.message)
+            self.on_event(run.host.name, "warning", f"{decision.message} ({_text(e)})")
+            if step.action is dp.Action.UNLOCK:
+                run.message = _join(run.message, self._lock_left(run))
 
     async def _cleanup(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
         """Best effort, in order, shielded from a further cancellation; a host that cannot be
@@ -669,6 +704,10 @@ class Deployer:
         if interrupted:
             summary["result"] = dp.RESULT_INTERRUPTED
         return GroupResult(results), summary
+
+
+#: after the switch, independent of each other (not of the switch, nor of the unlock that follows)
+_BOOKKEEPING = frozenset({dp.Action.WRITE_CURRENT, dp.Action.RECORD, dp.Action.SCHEDULE_STOP, dp.Action.PRUNE})
 
 
 def _join(a: str, b: str) -> str:

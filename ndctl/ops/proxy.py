@@ -128,9 +128,10 @@ async def ensure_proxy(runner: Runner, host: Host, kind: str, image: str, *,
                             hint=f"remove it to use {kind}")
     created_network = wrote_config = False
     if not state.network:
-        await _run(runner, host, cmd.network_create_argv(), "creating the nextdeploy network")
-        created_network = True
-        status.changes.append("created network nextdeploy")
+        r = await _run(runner, host, cmd.network_create_argv(), "creating the nextdeploy network")
+        created_network = r.stdout.strip() == "created"  # else another deploy made it meanwhile: not ours
+        if created_network:
+            status.changes.append("created network nextdeploy")
     version = state.version
     if state.container is None or version is None:
         # Before the first config is written: what it may contain depends on the version.
@@ -169,20 +170,24 @@ async def ensure_proxy(runner: Runner, host: Host, kind: str, image: str, *,
         status.changes.append(f"started {PROXY_CONTAINER} (was {state.container[0]})")
     else:
         status.image = state.container[2] or image
+    if not status.changes:
+        status.snapshot = state
     return status
 
 
-async def _apply(runner: Runner, host: Host, app: str, route: Route | None) -> ProxyChange:
+async def _apply(runner: Runner, host: Host, app: str, route: Route | None,
+                 known: _State | None = None) -> ProxyChange:
     started = time.monotonic()
-    for _ in range(CAS_ATTEMPTS):
-        state = await _read(runner, host)
+    for attempt in range(CAS_ATTEMPTS):
+        trusted = attempt > 0 or known is None  # read just now, not a snapshot from earlier
+        state = await _read(runner, host) if trusted else known
         kind = _kind(host, state)
         before = next((r for r in state.routes if r.app == app), None)
         others = [r for r in state.routes if r.app != app]
         new_routes = others + ([route] if route is not None else [])
         check_routes(new_routes)  # a host clash is refused before anything changes
         text = render(kind, new_routes, state.version)
-        if before == route and state.configs.get(config_name(kind)) == _sha(text):
+        if trusted and before == route and state.configs.get(config_name(kind)) == _sha(text):
             return ProxyChange(app, "unchanged", kind, before, route, time.monotonic() - started)
         argv = cmd.commit_argv(kind, app, state.listing_hash, route.to_json() if route else None)
         r = await _run(runner, host, argv, "switching the proxy", input=text, check=False)
@@ -201,9 +206,13 @@ async def _apply(runner: Runner, host: Host, app: str, route: Route | None) -> P
                         hint="another deploy is switching routes on this host; try again")
 
 
-async def set_route(runner: Runner, host: Host, route: Route) -> ProxyChange:
-    """Point ``route.app``'s traffic at ``route.upstream`` (atomic, graceful: the old upstream drains)."""
-    return await _apply(runner, host, route.app, route)
+async def set_route(runner: Runner, host: Host, route: Route, *, known: object = None) -> ProxyChange:
+    """Point ``route.app``'s traffic at ``route.upstream`` (atomic, graceful: the old upstream drains).
+
+    ``known``: a :attr:`ProxyStatus.snapshot` of this host, saving the first read (a stale one
+    costs a retry, never a lost route).
+    """
+    return await _apply(runner, host, route.app, route, known if isinstance(known, _State) else None)
 
 
 async def remove_route(runner: Runner, host: Host, app: str) -> ProxyChange:

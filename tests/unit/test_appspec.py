@@ -276,3 +276,30 @@ def test_health_check_maps_onto_the_probe() -> None:
             probe.failures, probe.start_period, probe.deadline) == (
         3001, "/api/health?full=1", "shop.example.com", "200,301-302,204", 0.5, 1.5, 3, 0, 2.0, 90.0)
     assert HealthCheck().to_probe(8080).port == 8080
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_section_and_its_defaults() -> None:
+    spec = parse_appspec("app: web\nimage: ghcr.io/acme/web:1\nport: 80\nregistry:\n  username: deploy\n")
+    assert spec.registry == appspec.RegistrySpec(username="deploy", server=None,
+                                                 password_env="NDCTL_REGISTRY_PASSWORD")
+    spec = parse_appspec("app: web\nimage: x:1\nport: 80\nregistry: {server: '127.0.0.1:5000', username: u, "
+                         "password_env: REG_PW}\n")
+    assert spec.registry == appspec.RegistrySpec(username="u", server="127.0.0.1:5000", password_env="REG_PW")
+    from ruamel.yaml import YAML
+
+    buf = io.StringIO()
+    YAML().dump(spec.to_mapping(), buf)
+    assert parse_appspec(buf.getvalue()) == spec
+
+
+def test_registry_flags_override_or_create_the_section() -> None:
+    spec = parse_appspec("app: web\nimage: x:1\nport: 80\nregistry: {server: a.example, username: u}\n")
+    out = apply_overrides(spec, registry_server="b.example:5000")
+    assert out.registry == appspec.RegistrySpec(username="u", server="b.example:5000")
+    bare = parse_appspec("app: web\nimage: x:1\nport: 80\n")
+    assert apply_overrides(bare, registry_user="ci").registry == appspec.RegistrySpec(username="ci")
+    with pytest.raises(AppSpecError, match="--registry-server: also give --registry-user"):
+        apply_overrides(bare, registry_server="a.example")
+    with pytest.raises(AppSpecError, match="--registry-user: '-x' is not a user name"):
+        apply_overrides(bare, registry_user="-x")

@@ -200,7 +200,7 @@ def test_three_hosts_roll_one_batch_at_a_time_in_order() -> None:
         assert a["rollout_finished_at"] <= b["rollout_started_at"]
     assert all(h.serving_version() == "v2" and h.lock is None for h in w.hosts.values())
     steps = [s["action"] for s in vals[0]["steps"]]
-    assert steps[:3] == ["ensure-network", "ensure-proxy", "lock"] and steps[-1] == "unlock"
+    assert steps[:2] == ["ensure-proxy", "lock"] and steps[-1] == "unlock"
     assert all(s["ok"] for s in vals[0]["steps"])
 
 
@@ -446,11 +446,10 @@ def test_port_clash(text: str, port: str) -> None:
     assert ops.port_clash("h1", "caddy", "some other error") is None
 
 
-def test_proxy_that_cannot_start_takes_back_the_network_this_deploy_created(monkeypatch) -> None:
+def test_proxy_that_cannot_start_names_the_port_clash(monkeypatch) -> None:
     w = World(["h1"])
     d = FakeDeployer(w)
     run = ops.HostRun(hosts("h1")[0])
-    run.created_network = True
 
     async def ensure_proxy(*a, **kw):
         raise RemoteError("h1: starting the caddy proxy failed", HostResult(
@@ -460,7 +459,7 @@ def test_proxy_that_cannot_start_takes_back_the_network_this_deploy_created(monk
     with pytest.raises(StepFailed) as e:
         asyncio.run(d._ensure_proxy(run, dp.Step(A.ENSURE_PROXY, image="caddy:x")))
     assert "port 80 is already in use on h1" in str(e.value)
-    assert ("h1", "docker network") in w.calls and not run.created_network
+    assert e.value.step.action is A.ENSURE_PROXY
 
 
 def test_connection_lost_classification() -> None:

@@ -81,22 +81,22 @@ def plan(state: HostState = STEADY, spec=SPEC, **kw) -> dp.HostPlan:
 # ---------------------------------------------------------------- the happy paths
 def test_first_deploy_full_step_list() -> None:
     p = plan(host(network=None, proxy=None))
-    assert actions(p.steps) == ["ensure-network", "ensure-proxy", "lock", "ship-image", "start", "health-check",
+    assert actions(p.steps) == ["ensure-proxy", "lock", "ship-image", "start", "health-check",
                                 "switch", "write-current", "record", "unlock"]
     assert p.blue is None and p.green == "nd-web-cccccccc" and p.image == IMG and p.image_ref == "web:v3"
-    assert actions(p.prepare) == ["ensure-network", "ensure-proxy", "lock", "ship-image"]
-    start = p.steps[4]
+    assert actions(p.prepare) == ["ensure-proxy", "lock", "ship-image"]
+    start = p.steps[3]
     assert (start.container, start.image, start.version, start.deploy_id, start.port) == (
         "nd-web-cccccccc", IMG, "v3", NEW, 8080)
-    assert p.steps[1].image == "caddy:2-alpine"
-    assert p.steps[5].check == SPEC.health_check and p.steps[5].port == 8080
-    assert (p.steps[6].container, p.steps[6].port, p.steps[6].seconds) == ("nd-web-cccccccc", 8080, 30.0)
-    assert p.steps[8].result == "ok"
+    assert p.steps[0].image == "caddy:2-alpine"
+    assert p.steps[4].check == SPEC.health_check and p.steps[4].port == 8080
+    assert (p.steps[5].container, p.steps[5].port, p.steps[5].seconds) == ("nd-web-cccccccc", 8080, 30.0)
+    assert p.steps[7].result == "ok"
 
 
 def test_known_network_and_proxy_are_not_ensured_again() -> None:
     assert actions(dp.begin_steps(SPEC, host(), deploy_id=NEW)) == ["lock"]
-    assert actions(dp.begin_steps(SPEC, None, deploy_id=NEW)) == ["ensure-network", "ensure-proxy", "lock"]
+    assert actions(dp.begin_steps(SPEC, None, deploy_id=NEW)) == ["ensure-proxy", "lock"]
 
 
 def test_blue_green_second_deploy_under_our_lock() -> None:
@@ -306,7 +306,6 @@ G, B = "nd-web-cccccccc", "nd-web-bbbbbbbb"
 
 FAILURE_CASES = [
     # (plan, failing action, interrupted, result, switched, cleanup [(action, target)], message part)
-    (BG_FIRST, A.ENSURE_NETWORK, False, "failed", False, [], "nothing changed"),
     (BG_FIRST, A.ENSURE_PROXY, False, "failed", False, [], "nothing changed"),
     (BG_FIRST, A.LOCK, False, "failed", False, [], "nothing changed"),
     (BG_FIRST, A.LOCK, True, "interrupted", False, [("unlock", NEW)], "nothing changed"),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ndctl.commands import docker
 from ndctl.commands import proxy as cmd
 from ndctl.core.errors import ConflictError, ExitStatus, RemoteError, UsageError
 from ndctl.core.inventory import Host
@@ -252,8 +253,7 @@ def test_caddy_accepts_the_rendered_config(tmp_path: Path) -> None:
 # ----- builders ---------------------------------------------------------------------------
 
 def test_network_and_container_builders() -> None:
-    assert cmd.network_create_argv() == ["docker", "network", "create", "--label", "com.nextdeploy.role=network",
-                                         "nextdeploy"]
+    assert cmd.network_create_argv() == docker.ensure_network("nextdeploy")  # race-safe, says if it created
     assert cmd.network_remove_argv() == ["docker", "network", "rm", "nextdeploy"]
     assert cmd.start_argv() == ["docker", "start", "nextdeploy-proxy"]
     assert cmd.remove_container_argv() == ["docker", "rm", "-f", "nextdeploy-proxy"]
@@ -457,6 +457,49 @@ def test_concurrent_route_change_is_re_read_not_lost(tmp_path: Path) -> None:
     assert len(commits) == 2  # the first one was refused (CAS), the second re-rendered with site's route
 
 
+def test_switch_from_ensure_proxys_snapshot_skips_the_read(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_CONTAINER="running caddy img")
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    assert status.changes == [] and status.snapshot is not None
+    runner.calls.clear()
+    change = asyncio.run(ops.set_route(runner, HOST, API, known=status.snapshot))
+    assert change.action == "created" and _files(runner)["caddy.json"] == render_caddy([WEB, API])
+    assert [c[3] for c in runner.calls] == ["ndctl-proxy-commit"]  # no read first
+
+
+def test_stale_snapshot_costs_a_retry_never_a_route(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_CONTAINER="running caddy img")
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    # another app's deploy adds its route after the snapshot was taken
+    (runner.dir / "routes" / "site.json").write_text(ALL.to_json())
+    runner.calls.clear()
+    change = asyncio.run(ops.set_route(runner, HOST, API, known=status.snapshot))
+    assert change.action == "created"
+    assert _files(runner)["caddy.json"] == render_caddy([WEB, API, ALL])
+    assert [c[3] for c in runner.calls] == ["ndctl-proxy-commit", "ndctl-proxy-read", "ndctl-proxy-commit"]
+
+
+def test_a_stale_snapshot_never_makes_a_switch_a_no_op(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_CONTAINER="running caddy img")
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    (runner.dir / "routes" / "web.json").write_text(API.to_json().replace('"api"', '"web"'))  # changed since
+    change = asyncio.run(ops.set_route(runner, HOST, WEB, known=status.snapshot))
+    assert change.action == "updated" and _files(runner)["caddy.json"] == render_caddy([WEB])
+
+
+def test_inspection_trusts_a_running_proxy_on_the_network(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_CONTAINER="running caddy img| nextdeploy bridge",
+                    FAKE_NETWORK="no")
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    assert status.changes == []
+    assert not [c for c in runner.docker_calls() if c.startswith("network")]  # one docker call
+    # stopped, its network may be gone: asked separately, and made again
+    runner = _setup(tmp_path / "b", "caddy", (WEB,), FAKE_CONTAINER="exited caddy img| nextdeploy",
+                    FAKE_NETWORK="no")
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    assert "created network nextdeploy" in status.changes
+
+
 def test_host_clash_is_refused_before_anything_changes(tmp_path: Path) -> None:
     runner = _setup(tmp_path, "caddy", (WEB,))
     before = _files(runner)
@@ -493,7 +536,7 @@ def test_ensure_proxy_creates_then_is_idempotent(tmp_path: Path) -> None:
     assert (runner.dir / "version").read_text() == "2.7.6\n"
     calls = runner.docker_calls()
     assert calls[-4:] == [
-        "network create --label com.nextdeploy.role=network nextdeploy",
+        "network create --driver bridge --label com.nextdeploy.role=network nextdeploy",
         "run --rm --network none --entrypoint  nextdeploy-caddy:local caddy version",
         " ".join(cmd.run_proxy_argv("caddy", "nextdeploy-caddy:local", proxy_dir=str(runner.dir))[1:]),
         "exec nextdeploy-proxy caddy reload --config /etc/nextdeploy/proxy/caddy.json",
