@@ -38,7 +38,7 @@ NOT_ROUTED_BODY = "nextdeploy: no app is routed for this host\n"
 #: Caddy version that added reverse_proxy's stream_close_delay
 STREAM_CLOSE_DELAY_SINCE = (2, 7, 0)
 
-_APP_RE = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
+_APP_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")  # the same names nextdeploy.yaml accepts
 _CONTAINER_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
 
@@ -53,7 +53,7 @@ class RouteConflict(ConflictError):
 
 def check_app(app: object, what: str = "app") -> str:
     if not isinstance(app, str) or not _APP_RE.match(app) or len(app) > 63:
-        raise RouteError(f"{what} {app!r} is not a valid app name: lowercase letters, digits and '-', "
+        raise RouteError(f"{what} {app!r} is not a valid app name: lowercase letters, digits, '_' and '-', "
                          "starting with a letter or digit, at most 63 characters")
     return app
 

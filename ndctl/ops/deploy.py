@@ -329,8 +329,7 @@ class Deployer:
                 raise StepFailed(step, f"{step.container} failed its health check (GET {probe.path} on port "
                                        f"{probe.port}): {detail}", r)
         elif step.action is A.SWITCH:
-            route = Route(app=spec.app, upstream=f"{step.container}:{step.port or spec.port}",
-                          hosts=tuple(spec.proxy.hosts), drain_seconds=max(1, int(step.seconds or 1)))
+            route = self._route(f"{step.container}:{step.port or spec.port}", step.seconds)
             known, run.proxy_snapshot = run.proxy_snapshot, None  # stale once this switch commits
             await proxy_ops.set_route(self.runner, host, route, known=known)
             run.switched = True
@@ -354,6 +353,15 @@ class Deployer:
             await self._release(run, step.deploy_id or "")
         else:  # pragma: no cover - a new Action without an executor is a bug
             raise AssertionError(f"no executor for {step.action}")
+
+    async def _check_route(self, run: HostRun) -> None:
+        """A host name another app claims would only fail at the switch, after green started."""
+        await proxy_ops.check_route(self.runner, run.host, self._route(f"nd-check:{self.spec.port}"),
+                                    known=run.proxy_snapshot)
+
+    def _route(self, upstream: str, drain: float | None = None) -> Route:
+        return Route(app=self.spec.app, upstream=upstream, hosts=tuple(self.spec.proxy.hosts),
+                     drain_seconds=max(1, int(drain or 1)))
 
     # ----- secrets (ndctl.ops.secrets) ----------------------------------------------
     async def _image_command(self, host: Host, step: dp.Step) -> docker.ImageCommand | None:
@@ -597,6 +605,7 @@ class Deployer:
                                           image_id=image_id, image_source=image_source)
                 if run.plan.blocked:
                     raise dp.lock_conflict(spec.app, h.name, state.lock, _now())
+                await self._check_route(run)
                 for note in run.plan.notes:
                     self.on_event(h.name, "note", note)
                 await self.run_steps(run, run.plan.prepare)

@@ -21,6 +21,7 @@ from ndctl.core.proxy import (
     ProxyChange,
     ProxyStatus,
     Route,
+    RouteConflict,
     RouteError,
     check_app,
     check_kind,
@@ -213,6 +214,17 @@ async def set_route(runner: Runner, host: Host, route: Route, *, known: object =
     costs a retry, never a lost route).
     """
     return await _apply(runner, host, route.app, route, known if isinstance(known, _State) else None)
+
+
+async def check_route(runner: Runner, host: Host, route: Route, *, known: object = None) -> None:
+    """Refuse (RouteConflict) a route that clashes with another app's on ``host``, before
+    anything is started for it; ``known``: a :attr:`ProxyStatus.snapshot` saves the read."""
+    state = known if isinstance(known, _State) else await _read(runner, host)
+    try:
+        check_routes([r for r in state.routes if r.app != route.app] + [route])
+    except RouteConflict as e:
+        raise RouteConflict(f"{host.name}: {e}", hint="give each app its own proxy.hosts, and at most one app "
+                                                      "none (the catch-all)") from None
 
 
 async def remove_route(runner: Runner, host: Host, app: str) -> ProxyChange:

@@ -67,6 +67,7 @@ class World:
         self.fail: dict[tuple[str, A], Any] = {}
         self.stopping: set[tuple[str, str]] = set()  # (host, container): a delayed `docker stop` under way
         self.calls: list[tuple[str, str]] = []
+        self.route_clash: dict[str, Exception] = {}  # host -> what the proxy route check raises
 
     def seed(self, version: str = "v1", deploy_id: str = "aaaaaaaa") -> None:
         """Every host serves ``version`` from a container deployed earlier."""
@@ -119,6 +120,11 @@ class FakeDeployer(Deployer):
             sim.lock = None
             return HostResult(host.name, Status.OK, 0, "released\n")
         return HostResult(host.name, Status.OK, 0)
+
+    async def _check_route(self, run: ops.HostRun) -> None:
+        clash = self.world.route_clash.get(run.host.name)
+        if clash is not None:
+            raise clash
 
     async def _do(self, run: ops.HostRun, step: dp.Step) -> None:
         host, sim = run.host, self.sim(run.host)
@@ -407,6 +413,21 @@ def test_ctrl_c_after_the_switch_finishes_the_bookkeeping() -> None:
     # green passed and serves: the deploy stands, current.json/history/unlock still happen
     assert sim.serving_version() == "v2" and sim.lock is None
     assert sim.history[-1].result == "ok" and d.report[0]["h1"].value["result"] == "ok"
+
+
+def test_a_route_clash_is_refused_before_green_starts() -> None:
+    from ndctl.core.proxy import RouteConflict
+
+    w = World(["h1", "h2"])
+    w.seed()
+    w.route_clash["h2"] = RouteConflict("h2: host 'example.com' is claimed by apps 'blog' and 'web'")
+    d = FakeDeployer(w)
+    result, summary = deploy(d, hosts("h1", "h2"))
+    assert not result.ok and "claimed by apps 'blog' and 'web'" in result["h2"].error
+    assert result["h2"].exit_status is ExitStatus.CONFLICT
+    for h in w.hosts.values():  # nothing started anywhere, every lock released
+        assert h.serving_version() == "v1" and h.lock is None and len(h.containers) == 1
+    assert not any(a == "start" for _, a in w.calls)
 
 
 def test_failure_after_the_switch_is_a_warning_and_the_rest_still_runs() -> None:

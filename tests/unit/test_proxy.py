@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import json
 import os
 import shlex
@@ -46,7 +47,7 @@ def test_route_normalises_hosts() -> None:
 @pytest.mark.parametrize("kwargs,message", [
     (dict(app="Web", upstream="c:80"), "app 'Web' is not a valid app name"),
     (dict(app="-web", upstream="c:80"), "app '-web' is not a valid app name"),
-    (dict(app="we_b", upstream="c:80"), "app 'we_b' is not a valid app name"),
+    (dict(app="We-b", upstream="c:80"), "app 'We-b' is not a valid app name"),
     (dict(app="a" * 64, upstream="c:80"), "is not a valid app name"),
     (dict(app="web", upstream="c"), "upstream 'c' is not <container>:<port>"),
     (dict(app="web", upstream="c:0"), "port '0' is not a number from 1 to 65535"),
@@ -233,7 +234,8 @@ def test_nginx_two_routes() -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="no nginx binary here")
-@pytest.mark.parametrize("routes", [[], [ALL], [WEB, API], [WEB, API, ALL]])
+@pytest.mark.parametrize("routes", [[], [ALL], [WEB, API], [WEB, API, ALL],
+                                    [Route("my_app", "nd-my_app-0a1b2c3d:8080", ["shop.example.com"])]])
 def test_nginx_accepts_the_rendered_config(tmp_path: Path, routes: list[Route]) -> None:
     conf = tmp_path / "nginx.conf"
     conf.write_text(render_nginx(routes))
@@ -593,3 +595,16 @@ def test_set_route_renders_for_the_recorded_version(tmp_path: Path) -> None:
     (runner.dir / "version").write_text("2.8.4\n")
     asyncio.run(ops.set_route(runner, HOST, WEB))
     assert (runner.dir / "caddy.json").read_text() == render_caddy([WEB], (2, 8, 4))
+
+
+def test_check_route_refuses_a_clash_and_reads_only_without_a_snapshot(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_CONTAINER="running caddy img")
+    clash = Route("blog", "nd-blog-1:80", ["example.com"])
+    with pytest.raises(RouteConflict, match="h1: host 'example.com' is claimed by apps 'blog' and 'web'"):
+        asyncio.run(ops.check_route(runner, HOST, clash))
+    assert [c[3] for c in runner.calls] == ["ndctl-proxy-read"]
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    runner.calls.clear()
+    asyncio.run(ops.check_route(runner, HOST, API, known=status.snapshot))  # no clash: fine
+    asyncio.run(ops.check_route(runner, HOST, replace(WEB, upstream="nd-web-2:80")))  # its own route: fine
+    assert [c[3] for c in runner.calls] == ["ndctl-proxy-read"]
