@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from ndctl.commands.shell import user_command, with_sudo
 from ndctl.core.inventory import Host, Inventory
@@ -29,6 +29,9 @@ from ndctl.ops.helper import gather_facts, sample_metrics
 from ndctl.transport.ssh import OutputCallback, Runner, RunOptions
 
 Command = str | Sequence[str]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ndctl.ops.secrets import Secrets
 
 
 def _argv(command: Command, host: Host) -> list[str]:
@@ -110,6 +113,15 @@ class Fleet:
 
     def run_options(self) -> RunOptions:
         return agents.run_options(self.inventory, **self._run_kw)
+
+    @property
+    def secrets(self) -> "Secrets":
+        """The inventory's secrets (``ndctl.ops.secrets.Secrets``): set, get, list, remove, rekey, audit."""
+        from ndctl.ops.secrets import Secrets
+
+        if getattr(self, "_secrets", None) is None:
+            self._secrets = Secrets(self.inventory)
+        return self._secrets
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[FleetSession]:

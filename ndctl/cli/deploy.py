@@ -73,6 +73,9 @@ def deploy(
                                              help="Roll switched hosts back when a later batch fails."),
     lock_wait: float = typer.Option(0.0, "--lock-wait", min=0,
                                     help="Seconds to wait for another deploy's lock instead of refusing."),
+    secret: Optional[list[str]] = typer.Option(None, "--secret", help="A secret the app gets as /run/secrets/NAME "
+                                               "and $NAME (repeatable; adds to the file's secrets:)."),
+    env: Optional[str] = typer.Option(None, "--env", help="Secrets environment (default: each host's own)."),
     fmt: Output = OUTPUT,
 ) -> None:
     """Deploy the app blue-green (or recreate) on its hosts; exit 0 only if every host serves the new version."""
@@ -83,15 +86,18 @@ def deploy(
     from ndctl.transport.ssh import Runner
 
     spec = _spec(file, image=image, tags=selector, strategy=strategy, health_check=health_check, parallel=parallel,
-                 registry_server=registry_server, registry_user=registry_user)
+                 registry_server=registry_server, registry_user=registry_user, secrets=secret or None)
     ver = validate_version(version) if version else default_version(spec.image)
     source = "pull" if pull or spec.registry is not None else "ship"
     auth = registry_auth(spec, password_stdin=registry_password_stdin) if source == "pull" else None
     fleet = _fleet(selector, spec)
+    # secrets: every one checked for every host (exists, may be used, encrypted to its key) before any host is touched
+    deliveries = fleet.secrets.plan_delivery(fleet.hosts, spec.secrets, env=env) if spec.secrets else {}
 
     async def main():
         async with Runner(fleet.run_options()) as runner:
-            d = Deployer(runner, fleet.inventory, spec, on_event=_event, lock_wait=lock_wait, registry_auth=auth)
+            d = Deployer(runner, fleet.inventory, spec, on_event=_event, lock_wait=lock_wait, registry_auth=auth,
+                         secrets=deliveries)
             try:
                 return await d.deploy(fleet.hosts, version=ver, image_source=source,
                                       rollback_on_failure=rollback_on_failure)
@@ -101,6 +107,10 @@ def deploy(
                 return d.report
 
     result, summary = asyncio.run(main())
+    if deliveries:
+        fleet.secrets.record_use([deliveries[r.host] for r in result
+                                  if any(s.get("action") == "secrets" and s.get("ok")
+                                         for s in (r.value or {}).get("steps", []))], spec.app)
     if fmt is Output.json:
         output.emit_data({**summary, **result.to_dict()}, fmt)
     else:

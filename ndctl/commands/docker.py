@@ -8,9 +8,11 @@ option. The JSON format strings make every listing one JSON object per line.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,6 +109,7 @@ def run_container(
     detach: bool = True,
     remove: bool = False,
     interactive: bool = False,
+    entrypoint: str | None = None,
 ) -> Argv:
     """``docker run`` for any container ndctl starts (apps, accessories, the proxy, one-offs).
 
@@ -144,30 +147,74 @@ def run_container(
         if not re.fullmatch(r"[0-9.:\[\]a-f/tcpud]+", p):
             raise ValueError(f"invalid port publication {p!r}")
         argv += ["-p", p]
+    if entrypoint is not None:
+        if not entrypoint.startswith("/"):
+            raise ValueError(f"invalid entrypoint {entrypoint!r}")
+        argv += ["--entrypoint", entrypoint]
     argv.append(_ref(image))
     argv += list(command)
     return argv
 
 
 def run_app(spec: AppSpec, *, version: str, deploy_id: str, image: str | None = None,
-            port: int | None = None) -> Argv:
+            port: int | None = None, image_command: ImageCommand | None = None) -> Argv:
     """Start one release of an app: ``nd-<app>-<deploy_id>`` on the app network, not published.
 
     ``image`` overrides the spec's (rollback re-creates from a retained image id),
-    as does ``port`` (that release's container port).
+    as does ``port`` (that release's container port). With ``spec.secrets``,
+    ``image_command`` (the image's entrypoint and command, :func:`image_command`)
+    runs behind the secrets entrypoint wrapper (``ndctl.commands.secrets``).
     """
     port = port or spec.port
+    labels = app_labels(spec.app, version, deploy_id, port)
+    volumes = [str(v) for v in spec.volumes]
+    command: Sequence[str] = spec.command
+    entrypoint = None
+    if getattr(spec, "secrets", ()):
+        from ndctl.commands import secrets as sec
+
+        if image_command is None:
+            raise ValueError("an app with secrets needs the image's entrypoint and command")
+        labels[sec.LABEL_SECRETS] = ",".join(spec.secrets)
+        volumes += sec.mounts(spec.app)
+        entrypoint = sec.CONTAINER_ENTRYPOINT
+        command = [*image_command.entrypoint, *(spec.command or image_command.cmd)]
+        if not command:
+            raise ValueError(f"image {image or spec.image} has no entrypoint or command, and the app sets none")
     return run_container(
         container_name(spec.app, deploy_id),
         image or spec.image,
-        command=spec.command,
-        labels=app_labels(spec.app, version, deploy_id, port),
+        command=command,
+        labels=labels,
         env=spec.env,
-        volumes=[str(v) for v in spec.volumes],
+        volumes=volumes,
         network=NETWORK,
         restart="unless-stopped",
         stop_timeout=spec.stop_timeout,
+        entrypoint=entrypoint,
     )
+
+
+@dataclass(frozen=True)
+class ImageCommand:
+    """An image's ``Config.Entrypoint`` and ``Config.Cmd``."""
+
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "ImageCommand":
+        """The output of :func:`image_command`; ValueError when it is not that."""
+        d = json.loads(text.strip().splitlines()[-1] if text.strip() else "")
+        if not isinstance(d, dict):
+            raise ValueError("not an object")
+        return cls(tuple(d.get("entrypoint") or ()), tuple(d.get("cmd") or ()))
+
+
+def image_command(ref: str) -> Argv:
+    """One JSON object: the image's entrypoint and command (each a list, or null)."""
+    return ["docker", "image", "inspect", "--format",
+            '{"entrypoint":{{json .Config.Entrypoint}},"cmd":{{json .Config.Cmd}}}', _ref(ref)]
 
 
 def start(*names: str) -> Argv:
@@ -333,5 +380,5 @@ __all__ = [
     "ROLE_APP", "ROLE_ACCESSORY", "ROLE_PROXY", "INSPECT_FORMAT", "PS_FORMAT", "IMAGE_FORMAT",
     "container_name", "app_labels", "run_container", "run_app", "start", "stop", "rm", "inspect_containers",
     "ps", "list_app_containers", "image_id", "image_inspect", "prune_images", "pull", "load", "save", "tag",
-    "logs", "exec_in", "ensure_network",
+    "logs", "exec_in", "ensure_network", "ImageCommand", "image_command",
 ]

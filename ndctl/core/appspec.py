@@ -41,7 +41,8 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 TOP_FIELDS = ("app", "image", "port", "command", "tags", "health_check", "env", "volumes", "proxy",
-              "strategy", "parallel", "drain", "grace", "stop_timeout", "retain", "registry")
+              "strategy", "parallel", "drain", "grace", "stop_timeout", "retain", "registry", "secrets")
+SECRET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")  # as ndctl.core.secretstore.SECRET_NAME_RE
 HEALTH_FIELDS = ("path", "port", "status", "host", "interval", "timeout", "successes", "failures",
                  "start_period", "deadline")
 PROXY_FIELDS = ("kind", "hosts", "image")
@@ -232,6 +233,7 @@ class AppSpec:
     stop_timeout: float = 10.0  # SIGTERM -> SIGKILL when a container is stopped
     retain: int = 3  # previous releases kept (stopped) for rollback
     registry: RegistrySpec | None = None  # set: hosts pull the image (with a throw-away login)
+    secrets: tuple[str, ...] = ()  # names from `ndctl secrets`: /run/secrets/NAME and $NAME in the app
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -271,6 +273,8 @@ class AppSpec:
             if self.registry.server:
                 reg["server"] = self.registry.server
             out["registry"] = reg
+        if self.secrets:
+            out["secrets"] = list(self.secrets)
         return out
 
 
@@ -392,6 +396,26 @@ def _env_value(value: Any) -> str:
     if isinstance(value, (int, float, str)):
         return str(value)
     raise ValueError(f"values must be plain strings or numbers, not {type(value).__name__}")
+
+
+def _secret_name(value: Any) -> str:
+    if not isinstance(value, str) or not SECRET_RE.match(value):
+        raise ValueError(f"{value!r} is not a secret name (letters, digits and '_', not starting with a digit)")
+    return value
+
+
+def _secret_names(r: "_Reader | None", value: Any, node: Any = None) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("must be a list of secret names, e.g. [DB_PASSWORD, API_TOKEN]")
+    out: list[str] = []
+    for i, v in enumerate(value):
+        name = r.check(_secret_name, v, f"secrets[{i}]", value if hasattr(value, "lc") else node,
+                       i if hasattr(value, "lc") else "secrets") if r else _secret_name(v)
+        if name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 def _hostname(value: Any) -> str:
@@ -547,6 +571,8 @@ def parse_appspec(text: str, source: str = DEFAULT_FILENAME, *, require_image: b
         kw["retain"] = r.check(lambda v: _int(v, 1, 100), doc["retain"], "retain", doc, "retain")
     if doc.get("registry") is not None:
         kw["registry"] = _registry(r, doc["registry"], doc)
+    if doc.get("secrets") is not None:
+        kw["secrets"] = r.check(lambda v: _secret_names(r, v, doc), doc["secrets"], "secrets", doc, "secrets")
     spec = AppSpec(**kw)
     if spec.grace < spec.drain:
         raise r.err("grace", f"{format_duration(spec.grace)} is shorter than drain ({format_duration(spec.drain)}): "
@@ -581,8 +607,11 @@ def apply_overrides(
     parallel: str | int | None = None,
     registry_server: str | None = None,
     registry_user: str | None = None,
+    secrets: Iterable[str] | None = None,
 ) -> AppSpec:
-    """CLI flags over the file; ``None`` keeps the file's value. Errors name the flag."""
+    """CLI flags over the file; ``None`` keeps the file's value. Errors name the flag.
+
+    ``secrets`` (``--secret``, repeatable) adds to the file's list."""
 
     def check(fn: Any, value: Any, flag: str) -> Any:
         try:
@@ -611,6 +640,9 @@ def apply_overrides(
             server=check(_registry_server, registry_server, "--registry-server") if registry_server is not None
             else (base.server if base else None),
             password_env=base.password_env if base else DEFAULT_PASSWORD_ENV)
+    if secrets:
+        names = tuple(check(_secret_name, n, "--secret") for n in secrets)
+        changes["secrets"] = tuple(dict.fromkeys(spec.secrets + names))
     out = replace(spec, **changes)
     if not out.image:
         raise AppSpecError(f"{spec.path or DEFAULT_FILENAME}: image: is required (set image: or pass --image)")
@@ -645,9 +677,13 @@ health_check:
   start_period: 0s          # wrong statuses in this time after start do not count towards failures
   deadline: 1m              # give up (and keep the old version serving) after this
 
-env:                        # plain values only; secrets come from `ndctl secret` (later)
+env:                        # plain values only (they show in `docker inspect`); secrets below
   RACK_ENV: production
   LOG_LEVEL: info
+
+secrets: []                 # names set with `ndctl secrets set NAME --env ENV`, e.g. [DB_PASSWORD];
+                            # the app gets each as file /run/secrets/NAME and env var NAME
+                            # (never in `docker inspect`); --secret NAME adds more
 
 volumes: []                 # named volumes, e.g. ["uploads:/app/uploads", "certs:/certs:ro"]
 

@@ -52,7 +52,9 @@ HOST_FIELDS = {
 DEFAULT_FIELDS = {"user", "port", "identity", "proxy_jump", "sudo"}
 SETTINGS_FIELDS = {"forks", "connect_timeout", "command_timeout", "ssh_config", "helper_dir",
                    "max_handshakes", "max_channels"}
-TOP_FIELDS = {"version", "defaults", "settings", "autotags", "hosts"}
+TOP_FIELDS = {"version", "defaults", "settings", "autotags", "hosts", "environments", "operators", "access"}
+ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")  # secrets environments (ndctl.core.secretstore)
+OPERATOR_KEY_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
 
 
 def default_inventory_path() -> Path:
@@ -194,6 +196,9 @@ class Inventory:
         self.settings = Settings()
         self.defaults: dict[str, Any] = {}
         self.thresholds = AutoTagThresholds()
+        self.environments: dict[str, str] = {}  # secrets: environment name -> host selector
+        self.operators: dict[str, str] = {}  # secrets: operator name -> age x25519 recipient
+        self.access_doc: dict[str, Any] = {}  # secrets: roles (ndctl.core.access.AccessPolicy)
         self._parse()
 
     # ----- loading ---------------------------------------------------------
@@ -275,6 +280,7 @@ class Inventory:
             self.thresholds = AutoTagThresholds.from_mapping(self._mapping(doc, "autotags", None) or None)
         except InventoryError as e:
             raise self._err(e.message, doc, "autotags") from e
+        self._parse_secrets_config(doc)
         hosts = doc["hosts"]
         if not isinstance(hosts, dict):
             raise self._err("'hosts' must be a mapping of host name to host", doc, "hosts")
@@ -285,6 +291,36 @@ class Inventory:
                 raise self._err(f"hosts {ids[host.id]!r} and {name!r} share the id {host.id!r}", hosts, name)
             ids[host.id] = name
             self.hosts[name] = host
+
+    def _parse_secrets_config(self, doc: dict) -> None:
+        """``environments:``, ``operators:`` and ``access:`` (see docs/features/secrets.md)."""
+        from ndctl.core.access import AccessPolicy
+        from ndctl.core.errors import SelectorError
+        from ndctl.core.selectors import parse_selector
+
+        envs = self._mapping(doc, "environments", None)
+        for name, sel in envs.items():
+            if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+                raise self._err(f"environments: invalid name {name!r} (1-40 lowercase letters, digits, '_' or '-')",
+                                doc["environments"], name)
+            if not isinstance(sel, str) or not sel.strip():
+                raise self._err(f"environments.{name} must be a host selector such as 'production'",
+                                doc["environments"], name)
+            try:
+                parse_selector(sel)
+            except SelectorError as e:
+                raise self._err(f"environments.{name}: {e.message}", doc["environments"], name) from None
+        self.environments = {str(k): str(v).strip() for k, v in envs.items()}
+        ops = self._mapping(doc, "operators", None)
+        for name, key in ops.items():
+            if not isinstance(key, str) or not OPERATOR_KEY_RE.match(key):
+                raise self._err(f"operators.{name} must be an age recipient (age1...)", doc["operators"], name)
+        self.operators = {str(k): str(v) for k, v in ops.items()}
+        self.access_doc = self._mapping(doc, "access", None)
+        try:
+            AccessPolicy.from_mapping(self.access_doc)
+        except ValueError as e:
+            raise self._err(f"access: {e}", doc, "access") from None
 
     def _mapping(self, doc: dict, key: str, allowed: set[str] | None) -> dict[str, Any]:
         val = doc.get(key)
@@ -379,7 +415,48 @@ class Inventory:
         raise NotFoundError(f"no agent named or with id {ref!r} in {self.path}",
                             hint="`ndctl agent list` shows names and ids")
 
+    def environment_hosts(self, env: str) -> list[Host]:
+        """The hosts of a secrets environment (its selector may match none: an empty list)."""
+        if env not in self.environments:
+            known = ", ".join(sorted(self.environments)) or "none yet"
+            raise NotFoundError(f"no environment {env!r} in {self.path} (known: {known})",
+                                hint=f"`ndctl secrets env set {env} SELECTOR` maps it to hosts")
+        return self._select_quiet(self.environments[env])
+
+    def environments_of(self, host: Host) -> list[str]:
+        return [e for e, sel in self.environments.items() if host.name in {h.name for h in self._select_quiet(sel)}]
+
+    def _select_quiet(self, selector: str) -> list[Host]:
+        from ndctl.core.errors import NoHostsMatched
+
+        try:
+            return select(self.hosts.values(), selector)
+        except NoHostsMatched:
+            return []
+
     # ----- mutations (applied to the round-trip document too) --------------
+    def set_mapping_entry(self, section: str, key: str, value: str | None) -> None:
+        """Set (or, with None, remove) one entry of ``environments:`` or ``operators:``."""
+        self._writable()
+        if section not in ("environments", "operators"):
+            raise ValueError(section)
+        from ruamel.yaml.comments import CommentedMap
+
+        node = self._doc.get(section)
+        if node is None:
+            if value is None:
+                return
+            node = CommentedMap()
+            # before `hosts:`, so the small sections stay at the top of a long file
+            keys = list(self._doc.keys())
+            pos = keys.index("hosts") if "hosts" in keys else len(keys)
+            self._doc.insert(pos, section, node)
+        if value is None:
+            node.pop(key, None)
+        else:
+            node[key] = value
+        self._parse_secrets_config(self._doc)
+
     def _writable(self) -> None:
         if self.readonly:
             raise RuntimeError("this Inventory was loaded read-only; use ndctl.core.inventory.locked() to change it")

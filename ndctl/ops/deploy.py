@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from ndctl.commands import appstate, docker
+from ndctl.commands import secrets as secrets_cmds
 from ndctl.commands.shell import with_sudo
 from ndctl.core import deployplan as dp
 from ndctl.core.appspec import AppSpec
@@ -176,9 +177,12 @@ class HostRun:
 class Deployer:
     def __init__(self, runner: Runner, inventory: Inventory, spec: AppSpec, *,
                  on_event: EventCallback | None = None, lock_wait: float = 0.0,
-                 registry_auth: image_ops.RegistryAuth | None = None) -> None:
+                 registry_auth: image_ops.RegistryAuth | None = None,
+                 secrets: dict[str, Any] | None = None) -> None:
         self.lock_wait = max(0.0, lock_wait)  # seconds to wait for another deploy's lock
         self.registry_auth = registry_auth  # for pulls: a throw-away docker login on each host
+        #: host name -> ndctl.ops.secrets.HostDelivery (validated before any host is touched)
+        self.secrets = secrets or {}
         self.runner = runner
         self.inv = inventory
         self.spec = spec
@@ -305,7 +309,8 @@ class Deployer:
         elif step.action is A.START:
             await self._must(host, step, docker.run_app(spec, version=step.version or "",
                                                        deploy_id=step.deploy_id or "", image=step.image,
-                                                       port=step.port))
+                                                       port=step.port,
+                                                       image_command=await self._image_command(host, step)))
         elif step.action is A.START_EXISTING:
             await self._must(host, step, docker.start(step.container or ""))
         elif step.action is A.HEALTH_CHECK:
@@ -357,6 +362,39 @@ class Deployer:
     def _route(self, upstream: str, drain: float | None = None) -> Route:
         return Route(app=self.spec.app, upstream=upstream, hosts=tuple(self.spec.proxy.hosts),
                      drain_seconds=max(1, int(drain or 1)))
+
+    # ----- secrets (ndctl.ops.secrets) ----------------------------------------------
+    async def _image_command(self, host: Host, step: dp.Step) -> docker.ImageCommand | None:
+        """The image's entrypoint and command, which an app with secrets runs behind the wrapper."""
+        if not self.spec.secrets:
+            return None
+        r = await self._must(host, step, docker.image_command(step.image or self.spec.image))
+        try:
+            return docker.ImageCommand.parse(r.stdout)
+        except ValueError:
+            raise StepFailed(step, f"cannot read the entrypoint of {step.image or self.spec.image}", r) from None
+
+    async def _deliver_secrets(self, run: HostRun) -> None:
+        """Under the lock, before green starts: ciphertext to the host, unsealed into tmpfs."""
+        from ndctl.ops.secrets import deliver
+
+        d = self.secrets.get(run.host.name)
+        if d is None or run.result != dp.RESULT_OK:
+            return
+        t0 = time.monotonic()
+        self.on_event(run.host.name, "secrets", f"delivering {', '.join(d.ciphertexts)} (ciphertext only)")
+        entry: dict[str, Any] = {"action": "secrets", "names": list(d.ciphertexts), "env": d.env,
+                                 "why": "ciphertext to the host, unsealed into tmpfs before green starts"}
+        try:
+            boot = await deliver(self.runner, d, self.spec.app, who=self.who)
+        except NdctlError as e:
+            run.done.append({**entry, "seconds_taken": round(time.monotonic() - t0, 3), "ok": False,
+                             "error": str(e)})
+            raise
+        run.done.append({**entry, "seconds_taken": round(time.monotonic() - t0, 3), "ok": True, "boot": boot})
+        if boot == "none":
+            self.on_event(run.host.name, "note", "no systemd or cron on this host: after a reboot, run "
+                                                 f"{secrets_cmds.UNSEAL} --restart to give containers their secrets")
 
     async def _ensure_proxy(self, run: HostRun, step: dp.Step) -> None:
         host, spec = run.host, self.spec
@@ -571,6 +609,7 @@ class Deployer:
                 for note in run.plan.notes:
                     self.on_event(h.name, "note", note)
                 await self.run_steps(run, run.plan.prepare)
+                await self._deliver_secrets(run)
             except asyncio.CancelledError:
                 if run.result == dp.RESULT_OK:
                     run.result, run.message = dp.RESULT_INTERRUPTED, "interrupted while preparing"

@@ -214,3 +214,58 @@ def test_hand_written_fields_equal_to_defaults_survive_updates(tmp_path: Path) -
     text = p.read_text()
     assert "port: 22   # explicit on purpose" in text and "sudo: false" in text
     assert Inventory.load(p).get("web-1").tags == ["x", "y"]
+
+
+# --------------------------------------------------------------------------- secrets sections
+SECRETS_INV = HAND_WRITTEN.replace("hosts:\n", """\
+environments:
+  production: production      # every production host
+  staging: staging
+operators:
+  alice: age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+access:
+  default_role: deployer
+  members: {alice: admin}
+hosts:
+""", 1)
+
+
+def test_environments_operators_and_access(tmp_path: Path) -> None:
+    inv = Inventory.load(write(tmp_path, SECRETS_INV))
+    assert inv.environments == {"production": "production", "staging": "staging"}
+    assert [h.name for h in inv.environment_hosts("production")] == ["db-1", "web-1"]
+    assert inv.environment_hosts("staging") == []  # no host yet: empty, not an error
+    assert inv.environments_of(inv.get("web-1")) == ["production"]
+    assert inv.operators["alice"].startswith("age1")
+    assert inv.access_doc["default_role"] == "deployer"
+    with pytest.raises(NotFoundError, match="no environment 'qa'"):
+        inv.environment_hosts("qa")
+
+
+def test_secrets_sections_round_trip_keeps_comments(tmp_path: Path) -> None:
+    with locked(write(tmp_path, HAND_WRITTEN)) as inv:
+        inv.set_mapping_entry("environments", "production", "production,web")
+        inv.set_mapping_entry("operators", "bob", "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p")
+        inv.save()
+    text = (tmp_path / "inventory.yaml").read_text()
+    assert "# the database first, on purpose" in text and "# primary" in text
+    assert text.index("environments:") < text.index("hosts:")
+    inv = Inventory.load(tmp_path / "inventory.yaml")
+    assert inv.environments == {"production": "production,web"} and list(inv.operators) == ["bob"]
+    with locked(tmp_path / "inventory.yaml") as inv:
+        inv.set_mapping_entry("operators", "bob", None)
+        inv.save()
+    assert Inventory.load(tmp_path / "inventory.yaml").operators == {}
+
+
+@pytest.mark.parametrize("section,message", [
+    ("environments:\n  Prod: production\n", "environments: invalid name 'Prod' (1-40 lowercase letters, digits, '_' or '-') (line 4"),
+    ("environments:\n  prod: 'web,,'\n", "environments.prod:"),
+    ("operators:\n  bob: ssh-ed25519 AAAA\n", "operators.bob must be an age recipient (age1...) (line 4"),
+    ("access:\n  members: {bob: ghost}\n", "access: members.bob: unknown role 'ghost'"),
+])
+def test_bad_secrets_sections_name_the_line(tmp_path: Path, section: str, message: str) -> None:
+    text = HAND_WRITTEN.replace("hosts:\n", section + "hosts:\n", 1)
+    with pytest.raises(InventoryError) as e:
+        Inventory.load(write(tmp_path, text))
+    assert message in e.value.message
