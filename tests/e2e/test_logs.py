@@ -45,7 +45,8 @@ def test_logs_merge_hosts_and_follow_across_a_switch(cli, container_hosts, ssh_b
         r = cli("logs", APP, "--tail", "5", "--tags", "logs", "-o", "json")
         assert r.returncode == 0, r.stderr
         docs = [json.loads(x) for x in r.stdout.splitlines()]
-        assert {d["host"] for d in docs} == {"log-a", "log-b"} and len(docs) == 10
+        per_host = {h: sum(1 for d in docs if d["host"] == h) for h in ("log-a", "log-b")}
+        assert all(2 <= n <= 5 for n in per_host.values()) and len(docs) == sum(per_host.values()), per_host
         assert [d["time"] for d in docs] == sorted(d["time"] for d in docs) and all(d["time"] for d in docs)
         assert {d["line"] for d in docs} == {"blue-a", "blue-b"}
         # an app with no running container anywhere: said, and exit 5
