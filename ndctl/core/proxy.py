@@ -190,6 +190,13 @@ class ProxyStatus:
     #: what the inspection read, when nothing changed since: a later switch may start from it
     #: instead of reading again (its compare-and-swap catches any change in between)
     snapshot: object = field(default=None, repr=False, compare=False)
+    version: tuple[int, ...] | None = None  # the proxy's, when known
+
+    @property
+    def cuts_upgraded_connections(self) -> bool:
+        """Caddy before 2.7 closes WebSockets (and other upgraded connections) at every config
+        change: a switch cannot give them the drain time (2.7 added ``stream_close_delay``)."""
+        return self.kind == "caddy" and self.version is not None and self.version < (2, 7)
 
     @property
     def changed(self) -> bool:

@@ -181,6 +181,8 @@ class Deployer:
                  secrets: dict[str, Any] | None = None) -> None:
         self.lock_wait = max(0.0, lock_wait)  # seconds to wait for another deploy's lock
         self.registry_auth = registry_auth  # for pulls: a throw-away docker login on each host
+        self._warned_caddy = False
+        self._shipper: _SharedShip | None = None  # during deploy(): one `docker save` for every host
         #: host name -> ndctl.ops.secrets.HostDelivery (validated before any host is touched)
         self.secrets = secrets or {}
         self.runner = runner
@@ -299,10 +301,13 @@ class Deployer:
             await self._must(host, step, appstate.write_current(spec.app), input=payload)
         elif step.action in (A.PULL_IMAGE, A.SHIP_IMAGE):
             source = "pull" if step.action is A.PULL_IMAGE else "ship"
-            g = await image_ops.ensure_image(self.runner, [host], step.image or spec.image, source=source,
-                                             registry_auth=self.registry_auth if source == "pull" else None)
-            r = g.results[0]
-            if not g.ok:
+            if source == "ship" and self._shipper is not None:
+                r = await self._shipper.ship(host)
+            else:
+                r = (await image_ops.ensure_image(self.runner, [host], step.image or spec.image, source=source,
+                                                  registry_auth=self.registry_auth if source == "pull" else None)
+                     ).results[0]
+            if not r.ok:
                 raise StepFailed(step, explain(host.name, r) or r.error or r.stderr.strip()
                                  or f"exit status {r.exit_code}", r)
             run.image_id = (r.value or {}).get("image_id")  # what the pull brought: history names it
@@ -402,6 +407,11 @@ class Deployer:
             status = await proxy_ops.ensure_proxy(self.runner, host, spec.proxy.kind,
                                                   step.image or spec.proxy.image_ref)
             run.proxy_snapshot = status.snapshot
+            if status.cuts_upgraded_connections and not self._warned_caddy:
+                self._warned_caddy = True  # once per deploy: the same on every host
+                self.on_event(host.name, "note", f"Caddy {'.'.join(map(str, status.version))} closes WebSockets "
+                                                 "and other upgraded connections at the switch; they get the drain "
+                                                 "time with Caddy >= 2.7 (proxy.image) or nginx (proxy.kind)")
         except RemoteError as e:
             r = e.result
             why = (explain(host.name, r) if r is not None else None) or \
@@ -594,6 +604,7 @@ class Deployer:
 
         async def begin(h: Host) -> HostResult:
             run = runs[h.name]
+            shipper.join(h.name)
             run.plan = dp.HostPlan(host=h.name, app=spec.app, kind="deploy", strategy=spec.strategy,
                                    deploy_id=deploy_id, version=version, image=image_id or spec.image,
                                    image_ref=spec.image, green=None, blue=None, spec=spec)
@@ -621,6 +632,8 @@ class Deployer:
                 run.exit_status = e.exit_status
                 self.on_event(h.name, "failed", run.message)
                 await self._release_quietly(run, deploy_id)
+            finally:
+                shipper.leave(h.name)  # it will not ship (any more): the others need not wait for it
             ok = run.result == dp.RESULT_OK
             return HostResult(h.name, Status.OK if ok else Status.FAILED, error=None if ok else run.message)
 
@@ -638,6 +651,7 @@ class Deployer:
             ok = run.result == dp.RESULT_OK
             return HostResult(h.name, Status.OK if ok else Status.FAILED, error=None if ok else run.message)
 
+        shipper = self._shipper = _SharedShip(self.runner, spec.image)
         try:
             prep = await self.runner.fan_out(hosts, begin)
             if not prep.ok:
@@ -713,6 +727,56 @@ class Deployer:
         if interrupted:
             summary["result"] = dp.RESULT_INTERRUPTED
         return GroupResult(results), summary
+
+
+class _SharedShip:
+    """One ``docker save`` fanned out to every host of a deploy that lacks the image.
+
+    Hosts reach their ship step at different times (each after its own lock and
+    recovery): the transfer starts once every host that began preparing has
+    either arrived or left (prepared without shipping, or failed). Nothing waits
+    longer than before: the rollout starts only when every host is prepared
+    anyway. Hosts that begin later (more hosts than forks) make a later transfer.
+    """
+
+    def __init__(self, runner: Runner, image: str) -> None:
+        self.runner, self.image = runner, image
+        self.expected: set[str] = set()
+        self.waiting: dict[str, tuple[Host, asyncio.Future]] = {}
+
+    def join(self, name: str) -> None:
+        self.expected.add(name)
+
+    async def ship(self, host: Host) -> HostResult:
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.waiting[host.name] = (host, fut)
+        self.expected.discard(host.name)
+        self._launch_when_ready()
+        return await fut
+
+    def leave(self, name: str) -> None:
+        self.expected.discard(name)
+        self._launch_when_ready()
+
+    def _launch_when_ready(self) -> None:
+        if self.expected or not self.waiting:
+            return
+        batch, self.waiting = self.waiting, {}
+        task = asyncio.ensure_future(image_ops.ensure_image(self.runner, [h for h, _ in batch.values()],
+                                                            self.image, source="ship"))
+
+        def done(t: asyncio.Task) -> None:
+            for name, (_, fut) in batch.items():
+                if fut.done():
+                    continue
+                if t.cancelled():
+                    fut.cancel()
+                elif t.exception() is not None:
+                    fut.set_exception(t.exception())
+                else:
+                    fut.set_result(t.result()[name])
+
+        task.add_done_callback(done)
 
 
 #: after the switch, independent of each other (not of the switch, nor of the unlock that follows)

@@ -173,6 +173,7 @@ async def ensure_proxy(runner: Runner, host: Host, kind: str, image: str, *,
         status.image = state.container[2] or image
     if not status.changes:
         status.snapshot = state
+    status.version = version
     return status
 
 

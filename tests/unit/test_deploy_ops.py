@@ -21,7 +21,7 @@ from ndctl.cli import output
 from ndctl.core import deployplan as dp
 from ndctl.core.appspec import parse_appspec
 from ndctl.core.deployplan import Action as A
-from ndctl.core.errors import ExitStatus, RemoteError
+from ndctl.core.errors import ExitStatus, NotFoundError, RemoteError
 from ndctl.core.inventory import Host
 from ndctl.core.results import GroupResult, HostResult, Status
 from ndctl.ops import deploy as ops
@@ -583,3 +583,48 @@ def test_progress_goes_to_stderr_only_on_a_terminal(monkeypatch, capsys) -> None
     monkeypatch.setattr(output, "progress_enabled", lambda: True)
     cli_deploy._event("h1", "start", "start nd-web-b")
     assert capsys.readouterr().err == "h1: start: start nd-web-b\n"
+
+
+# --------------------------------------------------------------------------- one docker save for all
+def test_shared_ship_waits_for_every_host_then_ships_once(monkeypatch) -> None:
+    calls: list[list[str]] = []
+
+    async def ensure_image(runner, hs, image, *, source="ship", **kw):
+        calls.append([h.name for h in hs])
+        return GroupResult([HostResult(h.name, Status.OK, 0, value={"action": "shipped"}) for h in hs])
+
+    monkeypatch.setattr(ops.image_ops, "ensure_image", ensure_image)
+
+    async def main():
+        sh = ops._SharedShip(Runner(RunOptions()), "web:v2")
+        h1, h2, h3, h4 = hosts("h1", "h2", "h3", "h4")
+        for h in (h1, h2, h3):
+            sh.join(h.name)
+        t1 = asyncio.ensure_future(sh.ship(h1))
+        await asyncio.sleep(0.01)
+        assert not calls  # h2 and h3 have not decided yet
+        t2 = asyncio.ensure_future(sh.ship(h2))
+        await asyncio.sleep(0.01)
+        sh.leave("h3")  # prepared without shipping (it had the image), or failed
+        r1, r2 = await asyncio.gather(t1, t2)
+        assert r1.host == "h1" and r2.host == "h2" and calls == [["h1", "h2"]]
+        sh.join("h4")  # began later (more hosts than forks): a transfer of its own
+        r4 = await sh.ship(h4)
+        assert r4.ok and calls == [["h1", "h2"], ["h4"]]
+
+    asyncio.run(main())
+
+
+def test_shared_ship_failure_reaches_every_waiting_host(monkeypatch) -> None:
+    async def ensure_image(runner, hs, image, **kw):
+        raise NotFoundError("image 'web:v2' is not in the local Docker engine")
+
+    monkeypatch.setattr(ops.image_ops, "ensure_image", ensure_image)
+
+    async def main():
+        sh = ops._SharedShip(Runner(RunOptions()), "web:v2")
+        sh.join("h1"), sh.join("h2")
+        results = await asyncio.gather(*(sh.ship(h) for h in hosts("h1", "h2")), return_exceptions=True)
+        assert all(isinstance(r, NotFoundError) for r in results)
+
+    asyncio.run(main())

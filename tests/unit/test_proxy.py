@@ -18,6 +18,7 @@ from ndctl.core.errors import ConflictError, ExitStatus, RemoteError, UsageError
 from ndctl.core.inventory import Host
 from ndctl.core.proxy import (
     PROXY_DIR,
+    ProxyStatus,
     Route,
     RouteConflict,
     RouteError,
@@ -608,3 +609,9 @@ def test_check_route_refuses_a_clash_and_reads_only_without_a_snapshot(tmp_path:
     asyncio.run(ops.check_route(runner, HOST, API, known=status.snapshot))  # no clash: fine
     asyncio.run(ops.check_route(runner, HOST, replace(WEB, upstream="nd-web-2:80")))  # its own route: fine
     assert [c[3] for c in runner.calls] == ["ndctl-proxy-read"]
+
+
+@pytest.mark.parametrize("kind,version,cuts", [("caddy", (2, 6, 2), True), ("caddy", (2, 7, 6), False),
+                                               ("caddy", None, False), ("nginx", (1, 22, 1), False)])
+def test_which_proxies_cut_upgraded_connections_at_a_switch(kind: str, version, cuts: bool) -> None:
+    assert ProxyStatus(kind, "img", version=version).cuts_upgraded_connections is cuts
