@@ -102,6 +102,9 @@ def mkdirs_argv(proxy_dir: str = PROXY_DIR) -> Argv:
     return ["mkdir", "-p", "-m", "0755", f"{proxy_dir}/routes"]
 
 
+CADDY_DATA_VOLUME = "nextdeploy-proxy-data"
+
+
 def run_proxy_argv(kind: str, image: str, *, ports: Sequence[int] = (80, 443), proxy_dir: str = PROXY_DIR,
                    container: str = PROXY_CONTAINER, network: str = NETWORK) -> Argv:
     """``docker run`` of the proxy. Only the HTTP(S) ports are published: Caddy's admin API
@@ -113,9 +116,12 @@ def run_proxy_argv(kind: str, image: str, *, ports: Sequence[int] = (80, 443), p
         if not isinstance(p, int) or not 1 <= p <= 65535:
             raise ValueError(f"port {p!r} is not a number from 1 to 65535")
         argv += ["-p", f"{p}:{p}"]
-    argv += ["-v", f"{proxy_dir}:{CONTAINER_DIR}:ro", image]
+    argv += ["-v", f"{proxy_dir}:{CONTAINER_DIR}:ro"]
     if kind == "caddy":
-        return argv + ["caddy", "run", "--config", container_config_path(kind)]
+        # Certificates and Caddy's local CA outlive the container (ACME rate limits, trust).
+        argv += ["-v", f"{CADDY_DATA_VOLUME}:/data", "-e", "XDG_DATA_HOME=/data", "-e", "XDG_CONFIG_HOME=/config"]
+        return argv + [image, "caddy", "run", "--config", container_config_path(kind)]
+    argv.append(image)
     return argv + ["nginx", "-c", container_config_path(kind), "-g", "daemon off;"]
 
 

@@ -45,7 +45,7 @@ TOP_FIELDS = ("app", "image", "port", "command", "tags", "health_check", "env", 
 SECRET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")  # as ndctl.core.secretstore.SECRET_NAME_RE
 HEALTH_FIELDS = ("path", "port", "status", "host", "interval", "timeout", "successes", "failures",
                  "start_period", "deadline")
-PROXY_FIELDS = ("kind", "hosts", "image")
+PROXY_FIELDS = ("kind", "hosts", "image", "tls")
 REGISTRY_FIELDS = ("server", "username", "password_env")
 DEFAULT_PASSWORD_ENV = "NDCTL_REGISTRY_PASSWORD"
 REGISTRY_SERVER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:\d{1,5})?$")
@@ -198,6 +198,7 @@ class ProxySpec:
     kind: str = "caddy"
     hosts: tuple[str, ...] = ()  # empty: every Host header (one such app per host)
     image: str | None = None  # None: DEFAULT_PROXY_IMAGES[kind]
+    tls: str = "off"  # off | auto (ACME certificates for hosts) | internal (Caddy's local CA)
 
     @property
     def image_ref(self) -> str:
@@ -256,6 +257,8 @@ class AppSpec:
         if hc.host is not None:
             health["host"] = hc.host
         proxy: dict[str, Any] = {"kind": self.proxy.kind, "hosts": list(self.proxy.hosts)}
+        if self.proxy.tls != "off":
+            proxy["tls"] = self.proxy.tls
         if self.proxy.image:
             proxy["image"] = self.proxy.image
         out: dict[str, Any] = {"app": self.app, "image": self.image, "port": self.port}
@@ -469,7 +472,16 @@ def _proxy(r: _Reader, node: Any, parent: Any) -> ProxySpec:
         if h not in hosts:
             hosts.append(h)
     image = r.check(_image, m["image"], "proxy.image", m, "image") if m.get("image") is not None else None
-    return ProxySpec(kind=kind, hosts=tuple(hosts), image=image)
+    tls = m.get("tls", "off")
+    if tls is False:  # YAML's `tls: off` is a boolean
+        tls = "off"
+    if tls not in ("off", "auto", "internal"):
+        raise r.err("proxy.tls", f"{tls!r} is not off, auto or internal", m, "tls")
+    if tls != "off" and kind != "caddy":
+        raise r.err("proxy.tls", "TLS is managed by the caddy proxy only (kind: caddy)", m, "tls")
+    if tls != "off" and not hosts:
+        raise r.err("proxy.tls", "needs proxy.hosts: certificates are issued per host name", m, "tls")
+    return ProxySpec(kind=kind, hosts=tuple(hosts), image=image, tls=tls)
 
 
 def _registry_server(value: Any) -> str:
@@ -691,6 +703,9 @@ proxy:
   kind: caddy               # caddy (default) or nginx
   hosts: [example.com]      # Host headers routed to this app; [] = every request
   # image: caddy:2-alpine   # default per kind: caddy:2-alpine, nginx:stable-alpine
+  # tls: auto               # caddy: HTTPS on 443 for hosts, certificates by ACME (public DNS
+                            #   and ports 80/443 reachable), HTTP redirected; internal: Caddy's
+                            #   own CA (private networks); off (default): plain HTTP on 80
 
 strategy: blue-green        # or recreate: stop, then start (NOT zero-downtime)
 parallel: 1                 # hosts per rolling batch: a count or a percentage ("25%")

@@ -37,6 +37,9 @@ MAX_DRAIN = 86400
 NOT_ROUTED_BODY = "nextdeploy: no app is routed for this host\n"
 #: Caddy version that added reverse_proxy's stream_close_delay
 STREAM_CLOSE_DELAY_SINCE = (2, 7, 0)
+#: off: plain HTTP on 80; auto: Caddy obtains certificates (ACME) for the route's hosts and
+#: redirects HTTP to HTTPS; internal: the same with Caddy's own local CA (private networks)
+TLS_MODES = ("off", "auto", "internal")
 
 _APP_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")  # the same names nextdeploy.yaml accepts
 _CONTAINER_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
@@ -96,9 +99,12 @@ class Route:
     upstream: str
     hosts: tuple[str, ...] = ()
     drain_seconds: int = DEFAULT_DRAIN
+    tls: str = "off"  # one of TLS_MODES
 
     def __post_init__(self) -> None:
         check_app(self.app)
+        if self.tls not in TLS_MODES:
+            raise RouteError(f"tls of app {self.app!r} must be one of {', '.join(TLS_MODES)}, not {self.tls!r}")
         check_upstream(self.upstream)
         hosts = self.hosts
         if isinstance(hosts, str) or not isinstance(hosts, Iterable):
@@ -108,6 +114,8 @@ class Route:
         if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_DRAIN:
             raise RouteError(f"drain_seconds of app {self.app!r} must be a whole number of seconds "
                              f"from 1 to {MAX_DRAIN}, not {d!r}")
+        if self.tls != "off" and not self.hosts:
+            raise RouteError(f"tls of app {self.app!r} needs host names (proxy.hosts): certificates are per name")
 
     @property
     def catch_all(self) -> bool:
@@ -126,7 +134,7 @@ class Route:
         """From a route file's mapping; errors name ``source`` and the field."""
         if not isinstance(data, Mapping):
             raise RouteError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"app", "hosts", "upstream", "drain_seconds"})
+        unknown = sorted(set(data) - {"app", "hosts", "upstream", "drain_seconds", "tls"})
         if unknown:
             raise RouteError(f"{source}: unknown field(s) {', '.join(unknown)}")
         for req in ("app", "upstream"):
@@ -137,7 +145,7 @@ class Route:
             raise RouteError(f"{source}: hosts must be a list, not {hosts!r}")
         try:
             return cls(app=data["app"], upstream=data["upstream"], hosts=tuple(hosts),
-                       drain_seconds=data.get("drain_seconds", DEFAULT_DRAIN))
+                       drain_seconds=data.get("drain_seconds", DEFAULT_DRAIN), tls=data.get("tls", "off"))
         except RouteError as e:
             raise RouteError(f"{source}: {e}") from None
 
@@ -150,8 +158,11 @@ class Route:
         return cls.from_dict(data, source)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"app": self.app, "hosts": list(self.hosts), "upstream": self.upstream,
-                "drain_seconds": self.drain_seconds}
+        out: dict[str, Any] = {"app": self.app, "hosts": list(self.hosts), "upstream": self.upstream,
+                               "drain_seconds": self.drain_seconds}
+        if self.tls != "off":  # route files of plain-HTTP apps stay as they always were
+            out["tls"] = self.tls
+        return out
 
     def to_json(self) -> str:
         """The route file's content: one line, sorted keys, newline-terminated."""
@@ -252,7 +263,8 @@ def render_caddy(routes: Iterable[Route], version: tuple[int, ...] | None = None
     """
     ordered = check_routes(routes)
     delays = version is not None and version >= STREAM_CLOSE_DELAY_SINCE
-    caddy_routes: list[dict[str, Any]] = []
+    plain: list[dict[str, Any]] = []  # the :80 server
+    secure: list[dict[str, Any]] = []  # the :443 server (apps with tls)
     for r in ordered:
         handler: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": r.upstream}]}
         if delays:
@@ -260,22 +272,34 @@ def render_caddy(routes: Iterable[Route], version: tuple[int, ...] | None = None
         route: dict[str, Any] = {"handle": [handler], "terminal": True}
         if r.hosts:
             route["match"] = [{"host": list(r.hosts)}]
-        caddy_routes.append(route)
+        if r.tls == "off":
+            plain.append(route)
+            continue
+        secure.append(route)
+        plain.append({"match": [{"host": list(r.hosts)}], "terminal": True, "handle": [{
+            "handler": "static_response", "status_code": 308,
+            "headers": {"Location": ["https://{http.request.host}{http.request.uri}"]}}]})
+    not_routed = {"handle": [{"handler": "static_response", "status_code": 404, "body": NOT_ROUTED_BODY}]}
     if not any(r.catch_all for r in ordered):
-        caddy_routes.append({"handle": [{"handler": "static_response", "status_code": 404,
-                                         "body": NOT_ROUTED_BODY}]})
-    config = {
-        "admin": {"listen": CADDY_ADMIN, "config": {"persist": False}},
-        "apps": {"http": {
-            "grace_period": f"{grace_seconds(ordered)}s",
-            "servers": {"nextdeploy": {
-                "listen": [":80"],
-                # TLS is not managed by this proxy yet: no ACME attempts, no HTTP->HTTPS redirects.
-                "automatic_https": {"disable": True},
-                "routes": caddy_routes,
-            }},
-        }},
-    }
+        plain.append(not_routed)
+    servers: dict[str, Any] = {"nextdeploy": {
+        "listen": [":80"],
+        # Caddy's own automation stays off on :80: redirects are the routes above.
+        "automatic_https": {"disable": True},
+        "routes": plain,
+    }}
+    http: dict[str, Any] = {"grace_period": f"{grace_seconds(ordered)}s", "servers": servers}
+    config: dict[str, Any] = {"admin": {"listen": CADDY_ADMIN, "config": {"persist": False}}, "apps": {"http": http}}
+    if secure:
+        # Certificates for the hosts of these routes (TLS-ALPN on 443 for ACME); kept in the
+        # proxy's data volume, so a restart does not ask again.
+        servers["nextdeploy-tls"] = {"listen": [":443"], "automatic_https": {"disable_redirects": True},
+                                     "routes": secure + [not_routed]}
+        internal = sorted({h for r in ordered if r.tls == "internal" for h in r.hosts})
+        if internal:
+            config["apps"]["tls"] = {"automation": {"policies": [
+                {"subjects": internal, "issuers": [{"module": "internal"}]}]}}
+            config["apps"]["pki"] = {"certificate_authorities": {"local": {"install_trust": False}}}
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
@@ -290,6 +314,10 @@ def render_nginx(routes: Iterable[Route]) -> str:
     """nginx.conf for ``nginx -c``; upstreams resolve at request time through Docker's DNS,
     so one app's removed container never makes the whole config fail to load."""
     ordered = check_routes(routes)
+    with_tls = [r.app for r in ordered if r.tls != "off"]
+    if with_tls:
+        raise RouteError(f"app(s) {', '.join(with_tls)} want TLS, which only the caddy proxy manages",
+                         hint="use proxy.kind: caddy, or terminate TLS in front of nginx")
     out = [
         "# Rendered by ndctl from /var/lib/nextdeploy/proxy/routes/*.json; edits are overwritten.",
         "worker_processes auto;",

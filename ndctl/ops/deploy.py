@@ -366,7 +366,7 @@ class Deployer:
 
     def _route(self, upstream: str, drain: float | None = None) -> Route:
         return Route(app=self.spec.app, upstream=upstream, hosts=tuple(self.spec.proxy.hosts),
-                     drain_seconds=max(1, int(drain or 1)))
+                     drain_seconds=max(1, int(drain or 1)), tls=self.spec.proxy.tls)
 
     # ----- secrets (ndctl.ops.secrets) ----------------------------------------------
     async def _image_command(self, host: Host, step: dp.Step) -> docker.ImageCommand | None:

@@ -315,3 +315,15 @@ def test_registry_flags_override_or_create_the_section() -> None:
         apply_overrides(bare, registry_server="a.example")
     with pytest.raises(AppSpecError, match="--registry-user: '-x' is not a user name"):
         apply_overrides(bare, registry_user="-x")
+
+
+def test_proxy_tls_modes_and_rules() -> None:
+    base = "app: web\nimage: x:1\nport: 80\n"
+    spec = parse_appspec(base + "proxy: {hosts: [shop.test], tls: internal}\n")
+    assert spec.proxy.tls == "internal" and spec.to_mapping()["proxy"]["tls"] == "internal"
+    assert parse_appspec(base + "proxy: {hosts: [shop.test], tls: off}\n").proxy.tls == "off"
+    for text, msg in [("proxy: {hosts: [a.test], tls: yes}", "proxy.tls: 'yes' is not off, auto or internal"),
+                      ("proxy: {tls: auto}", "proxy.tls: needs proxy.hosts"),
+                      ("proxy: {kind: nginx, hosts: [a.test], tls: auto}", "managed by the caddy proxy only")]:
+        with pytest.raises(AppSpecError, match=re.escape(msg)):
+            parse_appspec(base + text + "\n")

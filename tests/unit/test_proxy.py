@@ -268,8 +268,9 @@ def test_run_proxy_argv_publishes_only_http_ports() -> None:
               "--restart", "unless-stopped", "--label", "com.nextdeploy.role=proxy"]
     assert cmd.run_proxy_argv("caddy", "caddy:2") == [
         *common, "--label", "com.nextdeploy.proxy-kind=caddy", "-p", "80:80", "-p", "443:443",
-        "-v", "/var/lib/nextdeploy/proxy:/etc/nextdeploy/proxy:ro", "caddy:2",
-        "caddy", "run", "--config", "/etc/nextdeploy/proxy/caddy.json"]
+        "-v", "/var/lib/nextdeploy/proxy:/etc/nextdeploy/proxy:ro",
+        "-v", "nextdeploy-proxy-data:/data", "-e", "XDG_DATA_HOME=/data", "-e", "XDG_CONFIG_HOME=/config",
+        "caddy:2", "caddy", "run", "--config", "/etc/nextdeploy/proxy/caddy.json"]
     assert cmd.run_proxy_argv("nginx", "nginx:1.27", ports=(80,)) == [
         *common, "--label", "com.nextdeploy.proxy-kind=nginx", "-p", "80:80",
         "-v", "/var/lib/nextdeploy/proxy:/etc/nextdeploy/proxy:ro", "nginx:1.27",
@@ -615,3 +616,45 @@ def test_check_route_refuses_a_clash_and_reads_only_without_a_snapshot(tmp_path:
                                                ("caddy", None, False), ("nginx", (1, 22, 1), False)])
 def test_which_proxies_cut_upgraded_connections_at_a_switch(kind: str, version, cuts: bool) -> None:
     assert ProxyStatus(kind, "img", version=version).cuts_upgraded_connections is cuts
+
+
+# ----- TLS ----------------------------------------------------------------------------------
+SHOP = Route("shop", "nd-shop-1:8080", ["shop.test", "www.shop.test"], tls="internal")
+
+
+def test_tls_routes_get_a_443_server_and_a_redirect_on_80() -> None:
+    doc = json.loads(render_caddy([WEB, SHOP, ALL], (2, 6, 2)))
+    servers = doc["apps"]["http"]["servers"]
+    plain, secure = servers["nextdeploy"], servers["nextdeploy-tls"]
+    assert plain["listen"] == [":80"] and secure["listen"] == [":443"]
+    redirect = next(r for r in plain["routes"] if r.get("match") == [{"host": ["shop.test", "www.shop.test"]}])
+    assert redirect["handle"][0]["status_code"] == 308
+    assert redirect["handle"][0]["headers"]["Location"] == ["https://{http.request.host}{http.request.uri}"]
+    assert [r["handle"][0]["upstreams"][0]["dial"] for r in secure["routes"][:-1]] == ["nd-shop-1:8080"]
+    assert secure["routes"][-1]["handle"][0]["status_code"] == 404
+    assert doc["apps"]["tls"]["automation"]["policies"] == [
+        {"subjects": ["shop.test", "www.shop.test"], "issuers": [{"module": "internal"}]}]
+    assert doc["apps"]["pki"]["certificate_authorities"]["local"]["install_trust"] is False
+    auto = json.loads(render_caddy([replace(SHOP, tls="auto")]))
+    assert "tls" not in auto["apps"] and "nextdeploy-tls" in auto["apps"]["http"]["servers"]  # ACME: defaults
+    assert "nextdeploy-tls" not in json.loads(render_caddy([WEB]))["apps"]["http"]["servers"]
+
+
+def test_tls_route_rules() -> None:
+    assert Route.from_json(SHOP.to_json()) == SHOP and '"tls":"internal"' in SHOP.to_json()
+    assert "tls" not in WEB.to_json()  # plain routes' files are unchanged
+    with pytest.raises(RouteError, match="needs host names"):
+        Route("shop", "nd-shop-1:80", [], tls="auto")
+    with pytest.raises(RouteError, match="must be one of off, auto, internal"):
+        Route("shop", "nd-shop-1:80", ["a.test"], tls="yes")
+    with pytest.raises(RouteError, match="only the caddy proxy manages"):
+        render_nginx([WEB, SHOP])
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/caddy"), reason="no caddy binary here")
+def test_caddy_accepts_the_tls_config(tmp_path: Path) -> None:
+    f = tmp_path / "caddy.json"
+    f.write_text(render_caddy([WEB, SHOP, ALL], (2, 6, 2)))
+    r = subprocess.run(["caddy", "validate", "--config", str(f)], capture_output=True, text=True,
+                       env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr[-2000:]
