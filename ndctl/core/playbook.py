@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from ndctl.core.errors import UsageError
+from ndctl.resources import data_dir
 
-PLAYBOOK_DIR = Path(__file__).resolve().parents[2] / "playbooks"
+PLAYBOOK_DIR = data_dir("playbooks")
 
 #: Exit statuses of a CHECK script.
 CHECK_OK = 0

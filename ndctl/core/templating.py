@@ -13,7 +13,9 @@ from typing import Any
 
 import jinja2
 
-TEMPLATE_DIRS = [Path(__file__).resolve().parents[2] / "templates"]
+from ndctl.resources import data_dir
+
+TEMPLATE_DIRS = [data_dir("templates")]
 
 
 class _Trusted(str):
