@@ -24,8 +24,8 @@ ModalScreen { align: center middle; }
 .buttons Button { margin-right: 2; }
 #confirm-lines, #result-lines { height: auto; max-height: 20; }
 #help-table { height: auto; max-height: 40; }
-#hosts { width: 2fr; }
-#detail { width: 1fr; min-width: 34; border-left: solid $primary; padding: 0 1; }
+#hosts { width: 1fr; }
+#detail { width: 42; border-left: solid $primary; padding: 0 1; }
 #facts-scroll { height: 1fr; }
 #fleet-status, #deploy-status, #log-status { height: 1; padding: 0 1; background: $boost; }
 #apps, #log-hosts { width: 24; }

@@ -10,7 +10,7 @@ import pytest
 from ndctl.tui.app import DashboardApp
 from ndctl.tui.fake import FakeBackend
 
-SIZE = (140, 36)
+SIZE = (150, 36)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -10,7 +10,7 @@ from ndctl.tui.screens.fleet import FleetScreen
 from ndctl.tui.screens.help import HelpScreen
 from ndctl.tui.screens.logs import LogsScreen
 
-SIZE = (140, 36)
+SIZE = (150, 36)
 WEB = ["web-1", "web-2", "web-3"]
 
 
@@ -37,8 +37,8 @@ async def test_fleet_rows_show_metrics_and_grey_unreachable_host_with_reason(mak
         table = screen.query_one("#hosts", DataTable)
         assert table.row_count == 6
         web1 = row_texts(table, "web-1")
-        assert [str(c) for c in web1[1:4]] == ["web-1", "production,web,us-east,amd64,docker", "yes"]
-        assert float(str(web1[4])) > 0 and str(web1[5]).endswith("of 4.0G")
+        assert [str(c) for c in web1[1:4]] == ["web-1", "production,web,us-east +2", "yes"]
+        assert float(str(web1[4])) > 0 and str(web1[5]).endswith("%/4G")
         edge = row_texts(table, "edge-1")
         assert str(edge[3]).startswith("no: connect to 10.0.9.4:22")
         assert all(c.style == "grey50" for c in edge)

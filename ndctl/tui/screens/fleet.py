@@ -22,7 +22,7 @@ HISTORY = 60  # samples kept per host for the sparklines
 COLUMNS = (("sel", " "), ("name", "NAME"), ("tags", "TAGS"), ("reach", "REACHABLE"), ("cpu", "CPU %"),
            ("mem", "MEMORY"), ("disk", "DISK"), ("containers", "CONTAINERS"))
 GREY = "grey50"
-REASON_WIDTH = 28  # the full reason is in the detail pane
+REASON_WIDTH = 18  # the full reason is in the detail pane
 
 
 def _pct(v: float | None) -> str:
@@ -99,7 +99,8 @@ class FleetScreen(DashScreen):
 
     def cells(self, h: Host) -> list[Text]:
         s = self.samples.get(h.name)
-        tags = ",".join(h.all_tags)
+        auto = [t for t in h.auto_tags if t not in h.tags]
+        tags = ",".join(h.tags) + (f" +{len(auto)}" if auto else "")  # the detail pane lists them
         sel = "✓" if h.name in self.selected else " "
         if s is None:
             vals = [sel, h.name, tags, "…", "-", "-", "-", "-"]
@@ -111,9 +112,9 @@ class FleetScreen(DashScreen):
             return [Text(v, style=GREY) for v in vals]
         mem = _pct(s.memory_used_percent) + "%"
         if s.memory_total_bytes:
-            mem += f" of {s.memory_total_bytes / GiB:.1f}G"
+            mem += f"/{s.memory_total_bytes / GiB:.0f}G"
         vals = [sel, h.name, tags, "yes", _pct(s.cpu_percent), mem,
-                _pct(s.disk_used_percent) + "% used", "-" if s.containers is None else str(s.containers)]
+                _pct(s.disk_used_percent) + "%", "-" if s.containers is None else str(s.containers)]
         return [Text(v) for v in vals]
 
     def rebuild(self) -> None:

@@ -130,7 +130,8 @@ class LogsScreen(DashScreen):
         if self.app_name is None:
             text = "no app to follow" if self.apps == [] else "looking for apps…"
         else:
-            shown = sum(1 for line in self.buffer if self.wanted(line))
+            drawn = list(self.buffer)[:len(self.buffer) - self.pending]  # not the ones held back by a pause
+            shown = sum(1 for line in drawn if self.wanted(line))
             text = (f"{self.app_name}: {len(self.shown_hosts)}/{len(self.host_names)} hosts · "
                     f"{shown}/{len(self.buffer)} lines shown")
             if self.search:
