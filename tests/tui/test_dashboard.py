@@ -40,7 +40,7 @@ async def test_fleet_rows_show_metrics_and_grey_unreachable_host_with_reason(mak
         assert [str(c) for c in web1[1:4]] == ["web-1", "production,web,us-east +2", "yes"]
         assert float(str(web1[4])) > 0 and str(web1[5]).endswith("%/4G")
         edge = row_texts(table, "edge-1")
-        assert str(edge[3]).startswith("no: connect to 10.0.9.4:22")
+        assert str(edge[3]) == "no: connect to 10.0.9…"  # truncated; the detail pane has it all
         assert all(c.style == "grey50" for c in edge)
         assert "1 unreachable" in str(screen.query_one("#fleet-status").render())
         # the detail pane of the unreachable host gives the whole reason
