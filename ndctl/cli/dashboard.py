@@ -22,14 +22,14 @@ def dashboard(
     from ndctl.core.errors import UsageError
     from ndctl.core.inventory import Inventory
     from ndctl.tui.app import DashboardApp
-    from ndctl.tui.backend import FleetBackend
+    from ndctl.tui.backend import FleetBackend, ThreadedBackend
 
     if not sys.stdout.isatty():
         raise UsageError("ndctl dashboard needs a terminal")
     inv = Inventory.load(state.inventory, readonly=True)
     if selector:
         inv.select(selector)  # a bad selector or one matching nothing fails here (exit 2 / 5)
-    backend = FleetBackend(inv, selector=selector, spec_file=file)
+    backend = ThreadedBackend(FleetBackend(inv, selector=selector, spec_file=file))
     DashboardApp(backend, readonly=readonly, refresh_seconds=refresh, app_name=app_name).run()
 
 

@@ -318,3 +318,80 @@ class FleetBackend:
         from ndctl.ops.logs import stream_logs
 
         return await stream_logs(self.runner, self._by_names(names), app, on_line, follow=True, tail=100)
+
+
+# ----------------------------------------------------------------------------- off the UI loop
+class ThreadedBackend:
+    """Runs a backend's coroutines on an event loop of its own, in a thread; the UI loop only awaits results.
+
+    SSH work (asyncssh's packet handling and ciphers are partly Python) then never
+    runs inside a UI callback: the interpreter switches threads every few
+    milliseconds, so a 100-host refresh cannot hold a key press for longer than
+    that. Callbacks (``on_sample``, ``on_line``) are delivered on the UI loop.
+    Cancelling an awaiting UI task cancels the backend task (a log stream stops).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        import threading
+
+        self.inner = inner
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ndctl-dashboard-backend", daemon=True)
+        self._thread.start()
+
+    # synchronous reads (inventory, laptop cache) stay direct
+    def hosts(self) -> list[Host]:
+        return self.inner.hosts()
+
+    def select(self, selector: str | None) -> list[Host]:
+        return self.inner.select(selector)
+
+    def cached_facts(self, name: str) -> tuple[Facts | None, str | None]:
+        return self.inner.cached_facts(name)
+
+    def now(self) -> datetime:
+        return self.inner.now()
+
+    async def _call(self, coro: Any) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    @staticmethod
+    def _to_ui(callback: Callable[..., None] | None) -> Callable[..., None] | None:
+        if callback is None:
+            return None
+        ui = asyncio.get_running_loop()
+        return lambda *args: ui.call_soon_threadsafe(callback, *args)
+
+    async def sample(self, names: Sequence[str], on_sample: SampleCallback | None = None) -> list[HostSample]:
+        return await self._call(self.inner.sample(names, self._to_ui(on_sample)))
+
+    async def run_plan(self, plan: Plan) -> GroupResult:
+        return await self._call(self.inner.run_plan(plan))
+
+    async def retag(self, plan: Plan) -> None:
+        return await self._call(self.inner.retag(plan))
+
+    async def refresh_facts(self, names: Sequence[str]) -> GroupResult:
+        return await self._call(self.inner.refresh_facts(names))
+
+    async def apps(self) -> list[str]:
+        return await self._call(self.inner.apps())
+
+    async def deployments(self, app: str) -> DeployView:
+        return await self._call(self.inner.deployments(app))
+
+    async def rollback(self, plan: Plan) -> GroupResult:
+        return await self._call(self.inner.rollback(plan))
+
+    async def stream_logs(self, app: str, names: Sequence[str], on_line: LineCallback) -> GroupResult:
+        return await self._call(self.inner.stream_logs(app, names, self._to_ui(on_line)))
+
+    async def close(self) -> None:
+        if not self._loop.is_running():
+            return
+        try:
+            await self._call(self.inner.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.to_thread(self._thread.join, 10)
+            self._loop.close()

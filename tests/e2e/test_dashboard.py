@@ -7,7 +7,7 @@ import pytest
 
 from ndctl.core.inventory import Host, locked
 from ndctl.tui.app import DashboardApp
-from ndctl.tui.backend import FleetBackend
+from ndctl.tui.backend import FleetBackend, ThreadedBackend
 from ndctl.tui.screens.confirm import ConfirmScreen, ResultScreen
 
 pytestmark = pytest.mark.e2e
@@ -40,8 +40,8 @@ def test_dashboard_on_real_hosts(cli, container_hosts, ssh_block, monkeypatch) -
         h.exec("rm", "-f", MARK, check=False)
 
     async def main() -> None:
-        backend = FleetBackend(cli.inventory, selector="dash")
-        app = DashboardApp(backend, refresh_seconds=0)
+        real = FleetBackend(cli.inventory, selector="dash")
+        app = DashboardApp(ThreadedBackend(real), refresh_seconds=0)  # as `ndctl dashboard` runs it
         async with app.run_test(size=(150, 36)) as pilot:
             screen = app.screen
             await until(pilot, lambda: screen.rounds >= 1)
@@ -56,10 +56,10 @@ def test_dashboard_on_real_hosts(cli, container_hosts, ssh_block, monkeypatch) -
             assert not dead.ok and dead.reason
             assert str(screen.query_one("#hosts").get_row("dash-dead")[3]).startswith("no: ")
             # a second refresh reuses the connections: one per reachable host, opened once
-            conns = dict(backend.runner._conns)
+            conns = dict(real.runner._conns)
             await pilot.press("g")
             await until(pilot, lambda: screen.rounds >= 2)
-            assert backend.runner._conns == conns and set(conns) == {"dash-a", "dash-b"}
+            assert real.runner._conns == conns and set(conns) == {"dash-a", "dash-b"}
             # bulk command on the two live hosts, through the confirm dialog
             await pilot.press("space", "space", "x", *f"hostname > {MARK}", "enter")
             assert isinstance(app.screen, ConfirmScreen)
@@ -69,7 +69,7 @@ def test_dashboard_on_real_hosts(cli, container_hosts, ssh_block, monkeypatch) -
             await pilot.press("escape", "2")
             dep = app.screen
             await until(pilot, lambda: "no app deployed" in str(dep.query_one("#deploy-status").render()))
-        assert backend._runner is None  # closed with the app
+        assert real._runner is None  # closed with the app
 
     asyncio.run(main())
     for h in (a, b):
