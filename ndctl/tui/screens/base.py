@@ -23,6 +23,10 @@ class DashScreen(Screen):
     def backend(self) -> "DashboardBackend":
         return self.dash.backend
 
+    def notify(self, message: str, *, markup: bool = False, **kw: Any) -> None:  # type: ignore[override]
+        """Messages carry remote and operator text: never interpreted as markup."""
+        super().notify(message, markup=markup, **kw)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self.MUTATING and self.dash.readonly:
             return None  # visible but disabled: the footer shows it greyed

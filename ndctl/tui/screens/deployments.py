@@ -50,7 +50,7 @@ class DeploymentsScreen(DashScreen):
                                                           "NOTES")
         self.query_one("#timeline", DataTable).add_columns("STARTED", "VERSION", "WHO", "RESULT", "DURATION",
                                                            "HOSTS")
-        self.query_one("#deploy-status", Label).update("loading apps…")
+        self.query_one("#deploy-status", Label).update(Text("loading apps…"))
         self.query_one("#apps", OptionList).focus()
         self.load_apps()
 
@@ -62,7 +62,7 @@ class DeploymentsScreen(DashScreen):
         options.clear_options()
         options.add_options(self.apps)
         if not self.apps:
-            self.query_one("#deploy-status", Label).update("no app deployed on these hosts")
+            self.query_one("#deploy-status", Label).update(Text("no app deployed on these hosts"))
             return
         want = self.dash.app_name if self.dash.app_name in self.apps else self.apps[0]
         options.highlighted = self.apps.index(want)
@@ -77,7 +77,7 @@ class DeploymentsScreen(DashScreen):
     def choose(self, app: str) -> None:
         self.app_name = app
         self.view = None
-        self.query_one("#deploy-status", Label).update(f"{app}: reading state from the hosts…")
+        self.query_one("#deploy-status", Label).update(Text(f"{app}: reading state from the hosts…"))
         self.load_view()
 
     def refresh_data(self) -> None:
@@ -113,7 +113,7 @@ class DeploymentsScreen(DashScreen):
             status += f" · rollback unavailable: {v.rollback_blocked}"
         if self.dash.readonly:
             status += " · READ-ONLY"
-        self.query_one("#deploy-status", Label).update(status)
+        self.query_one("#deploy-status", Label).update(Text(status))
 
         locks = [(h, st["lock"]) for h, st in sorted(v.status.items()) if st.get("lock")]
         progress = Text()

@@ -151,7 +151,7 @@ class FleetScreen(DashScreen):
                 + f" · {len(self.selected)} selected · {bad} unreachable")
         if self.dash.readonly:
             text += " · READ-ONLY"
-        self.query_one("#fleet-status", Label).update(text)
+        self.query_one("#fleet-status", Label).update(Text(text))
 
     def cursor_name(self) -> str | None:
         table = self.query_one("#hosts", DataTable)

@@ -137,7 +137,7 @@ class LogsScreen(DashScreen):
             if self.search:
                 text += f" · search {self.search!r}"
             text += f" · PAUSED ({self.pending} new)" if self.paused else " · following"
-        self.query_one("#log-status", Label).update(text)
+        self.query_one("#log-status", Label).update(Text(text))
 
     # --- actions -----------------------------------------------------------------------
     def action_toggle_pause(self) -> None:
@@ -172,7 +172,9 @@ class LogsScreen(DashScreen):
             self.redraw()
 
     def action_next_app(self) -> None:
-        if self.apps:
+        if not self.apps:  # none found (or listing failed): look again
+            self.load_apps()
+        else:
             i = self.apps.index(self.app_name) + 1 if self.app_name in self.apps else 0
             self.follow(self.apps[i % len(self.apps)])
 
