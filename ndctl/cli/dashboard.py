@@ -24,11 +24,11 @@ def dashboard(
     from ndctl.tui.app import DashboardApp
     from ndctl.tui.backend import FleetBackend, ThreadedBackend
 
-    if not sys.stdout.isatty():
-        raise UsageError("ndctl dashboard needs a terminal")
     inv = Inventory.load(state.inventory, readonly=True)
     if selector:
         inv.select(selector)  # a bad selector or one matching nothing fails here (exit 2 / 5)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("ndctl dashboard needs a terminal")
     backend = ThreadedBackend(FleetBackend(inv, selector=selector, spec_file=file))
     DashboardApp(backend, readonly=readonly, refresh_seconds=refresh, app_name=app_name).run()
 

@@ -172,7 +172,11 @@ class FakeBackend:
             for n in names:
                 if n not in self.unreachable:
                     on_line(n, "v3", "stdout", f"GET /api/items/{i} 200 {3 + i}ms")
-        await asyncio.Event().wait()  # follows until cancelled
+        try:
+            await asyncio.Event().wait()  # follows until cancelled
+        except asyncio.CancelledError:
+            self.calls.append(("stream_cancelled", app))
+            raise
         return GroupResult([])
 
     def emit(self, host: str, line: str, version: str = "v3") -> None:

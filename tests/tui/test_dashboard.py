@@ -391,3 +391,33 @@ async def test_screen_keys_switch_modes(make_app, until):
         assert isinstance(app.screen, FleetScreen)
         await pilot.press("q")
     assert app.return_code == 0 or app.return_code is None
+
+
+# ----------------------------------------------------------------------------- backend thread
+async def test_threaded_backend_delivers_on_the_ui_loop_and_cancels_streams(until):
+    import threading
+
+    from ndctl.tui.app import DashboardApp
+    from ndctl.tui.backend import ThreadedBackend
+    from ndctl.tui.fake import FakeBackend
+
+    fake = FakeBackend()
+    threaded = ThreadedBackend(fake)
+    app = DashboardApp(threaded, refresh_seconds=0)
+    seen_threads: set[str] = set()
+    async with app.run_test(size=SIZE) as pilot:
+        fleet = app.screen
+        original = fleet.on_sample
+        fleet.on_sample = lambda s: (seen_threads.add(threading.current_thread().name), original(s))
+        fleet.refresh_data()
+        await until(pilot, lambda: fleet.rounds >= 2)
+        assert seen_threads == {threading.main_thread().name}  # callbacks come back to the UI thread
+        assert fleet.query_one("#hosts", DataTable).row_count == 6 and fleet.samples["web-1"].ok
+        logs = await logs_ready(pilot, until)
+        await pilot.press("a")  # the 'api' stream is cancelled in the backend thread, 'shop' starts
+        await until(pilot, lambda: ("stream_cancelled", "api") in fake.calls and logs.app_name == "shop"
+                    and len(logs.buffer) == 15)
+        await pilot.press("1", "space", "x", *"uptime", "enter", "y")
+        await until(pilot, lambda: isinstance(app.screen, ResultScreen))
+        assert [c.host for c in fake.calls[-1][1].commands] == ["web-1"]
+    assert fake.closed and not threaded._thread.is_alive()  # closed with the app
