@@ -13,6 +13,7 @@ from ndctl.tui.screens.confirm import ConfirmScreen, ResultScreen
 pytestmark = pytest.mark.e2e
 
 MARK = "/tmp/ndctl-dashboard-e2e"
+APP_DIR = "/var/lib/nextdeploy/apps/dashe2e"
 
 
 async def until(pilot, cond, timeout: float = 60.0) -> None:
@@ -38,6 +39,9 @@ def test_dashboard_on_real_hosts(cli, container_hosts, ssh_block, monkeypatch) -
             monkeypatch.setenv(k, v)
     for h in (a, b):
         h.exec("rm", "-f", MARK, check=False)
+    a.exec("mkdir", "-p", f"{APP_DIR}/lock")  # an app with state on one host, its lock held
+    a.exec("sh", "-c", f"echo '{{\"who\":\"e2e\",\"version\":\"v9\",\"deploy_id\":\"0000abcd\"}}' "
+           f"> {APP_DIR}/lock/info.json")
 
     async def main() -> None:
         real = FleetBackend(cli.inventory, selector="dash")
@@ -66,12 +70,26 @@ def test_dashboard_on_real_hosts(cli, container_hosts, ssh_block, monkeypatch) -
             await pilot.press("y")
             await until(pilot, lambda: isinstance(app.screen, ResultScreen))
             assert "2 hosts: 2 ok" in str(app.screen.query_one("Label").render())
-            await pilot.press("escape", "2")
+            # facts refresh over the same connections, then the auto-tags show in the detail pane
+            await pilot.press("escape", "r", "y")
+            await until(pilot, lambda: real.cached_facts("dash-a")[0] is not None
+                        and real.cached_facts("dash-b")[0] is not None)
+            assert real.runner._conns == conns
+            assert "docker" in [h for h in real.hosts() if h.name == "dash-a"][0].auto_tags
+            # Deployments: the app found on the host, its lock shown as a running deploy
+            await pilot.press("2")
             dep = app.screen
-            await until(pilot, lambda: "no app deployed" in str(dep.query_one("#deploy-status").render()))
+            await until(pilot, lambda: dep.view is not None)
+            assert dep.apps == ["dashe2e"]
+            assert "DEPLOY RUNNING dashe2e v9 by e2e" in str(dep.query_one("#progress").render())
+            assert "unreadable" in str(dep.query_one("#serving").get_row("dash-dead")[5])
         assert real._runner is None  # closed with the app
 
-    asyncio.run(main())
-    for h in (a, b):
-        assert h.exec("cat", MARK).stdout.strip() != ""
-        h.exec("rm", "-f", MARK, check=False)
+    try:
+        asyncio.run(main())
+        for h in (a, b):
+            assert h.exec("cat", MARK).stdout.strip() != ""
+    finally:
+        for h in (a, b):
+            h.exec("rm", "-f", MARK, check=False)
+        a.exec("rm", "-rf", APP_DIR, check=False)
