@@ -62,21 +62,12 @@ class DashboardApp(App[None]):
         for entry in REGISTRY:
             self.add_mode(entry.name, entry.load())
         self.switch_mode(self.start_mode)
-        if self.refresh_seconds > 0:
-            self.set_interval(self.refresh_seconds, self.refresh_screens)
 
     async def on_unmount(self) -> None:
         try:
             await self.backend.close()
         except Exception as e:  # noqa: BLE001 - closing connections must not turn an exit into a crash
             self.log.error(f"closing the backend: {e!r}")
-
-    def refresh_screens(self) -> None:
-        """Every --refresh seconds: each mounted dashboard screen refreshes its data."""
-        for mode in self._screen_stacks:
-            for screen in self._screen_stacks[mode]:
-                if isinstance(screen, DashScreen) and screen.is_mounted:
-                    screen.refresh_data()
 
     def action_show(self, name: str) -> None:
         self.switch_mode(name)

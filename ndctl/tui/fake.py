@@ -57,7 +57,8 @@ class FakeBackend:
         self.calls: list[tuple[str, Any]] = []
         self.raise_on: set[str] = set()  # method names that raise RuntimeError (a backend bug)
         self.sample_delay = sample_delay
-        self.rounds = 0
+        self.rounds = 0  # sample() calls
+        self.deploy_reads = 0  # deployments() calls
         self.closed = False
         self.on_line: LineCallback | None = None
         self.log_hosts: list[str] = []
@@ -133,6 +134,7 @@ class FakeBackend:
 
     async def deployments(self, app: str) -> DeployView:
         self._maybe_fail("deployments")
+        self.deploy_reads += 1
         web = ["web-1", "web-2", "web-3"]
         rel = [("v1", "alice", "2026-11-20T09:00:00+00:00", 41.2, "ok"),
                ("v2", "bob", "2026-11-24T14:30:00+00:00", 38.9, "ok"),

@@ -73,6 +73,10 @@ async def test_background_refresh_repeats(backend, until):
         screen = app.screen
         await until(pilot, lambda: screen.rounds >= 3)
         assert backend.rounds >= 3
+        await pilot.press("2")  # each screen refreshes on its own timer; the fleet keeps going meanwhile
+        await until(pilot, lambda: backend.deploy_reads >= 3)
+        rounds = screen.rounds
+        await until(pilot, lambda: screen.rounds > rounds)
 
 
 async def test_filter_uses_selector_language(make_app, until):

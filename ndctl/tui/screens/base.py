@@ -48,5 +48,11 @@ class DashScreen(Screen):
             self.notify(f"{what} failed: {e}", severity="error", timeout=8)
             return None
 
+    def on_mount(self) -> None:
+        # Textual also calls the subclasses' own on_mount; every screen refreshes on its own timer,
+        # also while another screen is shown (a switch back shows fresh data).
+        if self.dash.refresh_seconds > 0:
+            self.set_interval(self.dash.refresh_seconds, self.refresh_data)
+
     def refresh_data(self) -> None:
-        """Periodic refresh hook (the app calls it every --refresh seconds)."""
+        """Periodic refresh hook, called every --refresh seconds."""
