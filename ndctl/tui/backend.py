@@ -20,6 +20,7 @@ from ndctl.commands import appstate
 from ndctl.commands.shell import user_command, with_sudo
 from ndctl.core import deployplan as dp
 from ndctl.core.cache import Cache
+from ndctl.core.errors import NoHostsMatched
 from ndctl.core.facts import Facts, Metrics
 from ndctl.core.inventory import Host, Inventory
 from ndctl.core.results import GroupResult, HostResult, Status
@@ -172,7 +173,7 @@ class FleetBackend:
                  spec_file: Path | None = None, metrics_interval: float = 0.5) -> None:
         from ndctl.api import Fleet
 
-        self._fleet = Fleet(inventory if isinstance(inventory, Inventory) else Inventory.load(inventory),
+        self._fleet = Fleet(inventory if isinstance(inventory, Inventory) else Inventory.load(inventory, readonly=True),
                             selector=selector)
         self.selector = selector
         self.inventory = self._fleet.inventory
@@ -198,7 +199,11 @@ class FleetBackend:
         self.inventory = Inventory.load(self.inventory.path, readonly=True)
 
     def hosts(self) -> list[Host]:
-        return select(self.inventory, self.selector) if self.selector else list(self.inventory)
+        """The inventory's hosts within ``--tags``; none (not an error) once a retag left none matching."""
+        try:
+            return select(self.inventory, self.selector) if self.selector else list(self.inventory)
+        except NoHostsMatched:
+            return []
 
     def select(self, selector: str | None) -> list[Host]:
         return select(self.hosts(), selector)
