@@ -56,3 +56,19 @@ def test_rollback_plan_targets_and_skips():
     assert plan.hosts == ("a",) and plan.data["targets"] == {"a": "v1"}
     assert plan.lines == ("a: shop v2 -> v1 (shop-1)", "b: skipped (no previous release retained; serving v2)",
                           "c: skipped (state unreadable: connection refused)")
+
+
+def test_list_apps_builder_lists_app_directories(tmp_path):
+    import subprocess
+
+    from ndctl.commands.appstate import list_apps
+
+    argv = list_apps(base=str(tmp_path))
+    assert subprocess.run(argv, capture_output=True, text=True, check=True).stdout == ""  # no apps dir yet
+    for name in ("shop", "api"):
+        (tmp_path / "apps" / name / "lock").mkdir(parents=True)
+    (tmp_path / "apps" / "not-a-dir").write_text("")
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert sorted(out.split()) == ["api", "shop"]
+    with pytest.raises(ValueError):
+        list_apps(base="relative/path")
