@@ -47,7 +47,7 @@ def main(
 
 # Each CLI module adds its commands with ``register(app)``; one list, so adding a
 # command module never means editing another's code.
-COMMAND_MODULES = ("agent", "exec_cmd", "sandbox", "run_cmd", "play", "deploy", "logs", "secrets")
+COMMAND_MODULES = ("agent", "exec_cmd", "sandbox", "run_cmd", "play", "deploy", "logs", "secrets", "dashboard")
 
 
 def _register_commands() -> None:

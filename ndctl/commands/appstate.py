@@ -234,6 +234,11 @@ def read_state(app: str, history_tail: int = 200, base: str = BASE_DIR) -> Argv:
     return ["sh", "-c", _READ_STATE, "nd-state", _base(base), _app(app), str(history_tail)]
 
 
+def list_apps(base: str = BASE_DIR) -> Argv:
+    """Names of the apps with state on the host (``apps/*/``), one per line; nothing when none."""
+    return ["sh", "-c", 'for d in "$1"/apps/*/; do [ -d "$d" ] && basename "$d"; done; true', "nd-apps", _base(base)]
+
+
 def schedule_stop(app: str, container: str, *, delay: float, timeout: float, base: str = BASE_DIR) -> Argv:
     """Stop ``container`` after ``delay`` seconds unless current.json names it by then.
 

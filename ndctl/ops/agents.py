@@ -155,11 +155,18 @@ async def register(
     return Registration(host, facts, new, fingerprint(presented), was_pinned, warnings)
 
 
-async def refresh(inv: Inventory, hosts: list[Host], opts: RunOptions) -> GroupResult:
-    """Re-gather facts, recompute auto-tags (manual tags untouched), update last-seen."""
+async def refresh(inv: Inventory, hosts: list[Host], opts: RunOptions, *,
+                  runner: Runner | None = None) -> GroupResult:
+    """Re-gather facts, recompute auto-tags (manual tags untouched), update last-seen.
+
+    ``runner``: an open Runner to reuse (the dashboard's); by default one for this call.
+    """
     cache = Cache(inv.cache_dir)
-    async with Runner(opts) as runner:
+    if runner is not None:
         group = await runner.fan_out(hosts, lambda h: gather_facts(runner, h, helper_dir=inv.settings.helper_dir))
+    else:
+        async with Runner(opts) as own:
+            group = await own.fan_out(hosts, lambda h: gather_facts(own, h, helper_dir=inv.settings.helper_dir))
     now = time.time()
     new_auto: dict[str, list[str]] = {}
     for h, r in zip(hosts, group):
