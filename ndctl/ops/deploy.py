@@ -223,6 +223,25 @@ class Deployer:
                                          history_tail=200, image_ids=ids.stdout.split() if ids.ok else None,
                                          network=True, proxy=True)
 
+    async def _begin(self, run: HostRun, deploy_id: str) -> dp.HostState:
+        """The begin steps and the observation. The proxy's step (one read when all is there)
+        runs side by side with taking the lock and reading the app's state under it: they
+        touch different things, and a failure of either ends the host's deploy the same way."""
+        steps = dp.begin_steps(self.spec, None, deploy_id=deploy_id)
+        side = [s for s in steps if s.action is dp.Action.ENSURE_PROXY]
+        chain = [s for s in steps if s.action is not dp.Action.ENSURE_PROXY]
+
+        async def locked_state() -> dp.HostState:
+            for s in chain:
+                await self.step(run, s)
+            return await self.observe(run.host)
+
+        results = await asyncio.gather(*(self.step(run, s) for s in side), locked_state(), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, Exception)), errors[0])
+        return results[-1]
+
     async def _release(self, run: HostRun, deploy_id: str) -> None:
         """Free this operation's lock on the host (a no-op when it holds none); raises when it cannot."""
         r = await self._run(run.host, appstate.release_lock(self.spec.app, deploy_id))
@@ -523,9 +542,7 @@ class Deployer:
                                deploy_id=deploy_id, version=to_version or "", image=spec.image,
                                image_ref=spec.image, green=None, blue=None, spec=spec)
         try:
-            for s in dp.begin_steps(spec, None, deploy_id=deploy_id):
-                await self.step(run, s)
-            state = await self.observe(h)
+            state = await self._begin(run, deploy_id)
             run.plan = dp.plan_rollback(spec, state, deploy_id=deploy_id, now=_now(), to_version=to_version)
             if run.plan.blocked:
                 raise dp.lock_conflict(spec.app, h.name, state.lock, _now())
@@ -609,9 +626,7 @@ class Deployer:
                                    deploy_id=deploy_id, version=version, image=image_id or spec.image,
                                    image_ref=spec.image, green=None, blue=None, spec=spec)
             try:
-                for s in dp.begin_steps(spec, None, deploy_id=deploy_id):
-                    await self.step(run, s)
-                state = await self.observe(h)
+                state = await self._begin(run, deploy_id)
                 run.plan = dp.plan_deploy(spec, state, version=version, deploy_id=deploy_id, now=_now(),
                                           image_id=image_id, image_source=image_source)
                 if run.plan.blocked:

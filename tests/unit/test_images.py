@@ -334,14 +334,16 @@ def test_run_stream_command_that_stops_reading(server, tmp_path):
 
 def test_run_stream_source_failure_cuts_the_input(server, tmp_path):
     src = Source([b"abc"] * 10, fail_after=2)
-    r = _stream(tmp_path, server, ["sh", "-c", "cat >/dev/null"], src, timeout=30)
+    # `timeout 5`: the mock sshd never closes a dropped channel's stdin, and its thread spins
+    # (starving later tests of the GIL) until the command ends by itself
+    r = _stream(tmp_path, server, ["sh", "-c", "timeout 5 cat >/dev/null"], src, timeout=30)
     assert r.status is Status.FAILED and r.error == "input stream failed: source broke"
     assert src.closed
 
 
 def test_run_stream_timeout_and_unreachable(server, tmp_path):
     src = Source([b"a"])
-    r = _stream(tmp_path, server, ["sleep", "30"], src, timeout=0.5)
+    r = _stream(tmp_path, server, ["sleep", "3"], src, timeout=0.5)  # short: see above
     assert (r.status, r.exit_code) == (Status.FAILED, 124) and "timed out" in r.error and src.closed
 
     async def go():
