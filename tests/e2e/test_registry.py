@@ -82,7 +82,7 @@ registry:
     finally:
         host.exec("sh", "-c", f"docker ps -aq --filter label=com.nextdeploy.app={APP} | xargs -r docker rm -f; "
                               "docker rm -f nextdeploy-proxy; docker network rm nextdeploy; "
-                              f"docker rmi -f {IMAGE}; pkill -f 'docker-registry serve'; "
+                              f"docker rmi -f {IMAGE}; pkill -f '[d]ocker-registry serve'; "
                               "rm -rf /var/lib/ndt-registry /etc/ndt-registry /var/lib/nextdeploy/apps "
                               "/var/lib/nextdeploy/proxy", check=False)
         subprocess.run(["docker", "rmi", "-f", "ndt-reg:v1"], capture_output=True)
