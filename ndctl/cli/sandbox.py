@@ -25,6 +25,18 @@ def _workdir(d: Optional[Path]) -> Path:
     return (d or DEFAULT_DIR).expanduser()
 
 
+def _group() -> dict[str, str]:
+    """A second sandbox beside the usual one (the tests' and CI's): NDCTL_SANDBOX_GROUP, and
+    NDCTL_SANDBOX_PREFIX for its host names."""
+    from ndctl import sandbox
+
+    return {"group": os.environ.get("NDCTL_SANDBOX_GROUP") or sandbox.SANDBOX_GROUP}
+
+
+def _prefix() -> dict[str, str]:
+    return {"prefix": os.environ.get("NDCTL_SANDBOX_PREFIX") or "sbx-"}
+
+
 @app.command("up")
 def up(hosts: int = typer.Option(3, "--hosts", "-n", min=1, max=20, help="How many hosts."),
        workdir: Optional[Path] = WORKDIR, fmt: Output = typer.Option(Output.table, "--output", "-o")) -> None:
@@ -32,7 +44,7 @@ def up(hosts: int = typer.Option(3, "--hosts", "-n", min=1, max=20, help="How ma
     from ndctl import sandbox
 
     with output.status(f"starting {hosts} sandbox host(s) (the first run builds the host image, ~2 min)"):
-        started = sandbox.up(hosts, workdir=_workdir(workdir))
+        started = sandbox.up(hosts, workdir=_workdir(workdir), **_group(), **_prefix())
     if fmt in (Output.json, Output.yaml):
         output.emit_data([{"name": h.name, "address": h.address, "port": h.port, "user": h.user,
                            "identity": str(h.identity), "host_key": h.host_key} for h in started], fmt)
@@ -55,7 +67,7 @@ def down(workdir: Optional[Path] = WORKDIR,
             raise UsageError("refusing to remove the sandbox without --yes (no terminal to confirm on)")
         if not typer.confirm("Remove every sandbox host and its volumes?", default=False, err=True):
             raise typer.Exit(2)
-    removed = sandbox.down(workdir=_workdir(workdir))
+    removed = sandbox.down(workdir=_workdir(workdir), **_group())
     shutil.rmtree(_workdir(workdir) / "demo", ignore_errors=True)
     output.stdout.print(f"removed {len(removed)} sandbox host(s)")
 
@@ -65,7 +77,7 @@ def status(workdir: Optional[Path] = WORKDIR, fmt: Output = typer.Option(Output.
     """Show the sandbox hosts."""
     from ndctl import sandbox
 
-    rows = [h.to_dict() for h in sandbox.status(workdir=_workdir(workdir))]
+    rows = [h.to_dict() for h in sandbox.status(workdir=_workdir(workdir), **_group())]
     if fmt in (Output.json, Output.yaml):
         output.emit_data(rows, fmt)
         return
@@ -130,7 +142,7 @@ def demo(hosts: int = typer.Option(3, "--hosts", "-n", min=2, max=20),
     wd = _workdir(workdir)
     output.stdout.print(f"[bold]Starting a sandbox fleet of {hosts} hosts[/] "
                         "(containers with their own sshd, filesystem and Docker engine)", markup=True)
-    started = sandbox.up(hosts, workdir=wd)
+    started = sandbox.up(hosts, workdir=wd, **_group(), **_prefix())
     # The demo's own inventory starts empty each time, so every step below really happens.
     shutil.rmtree(wd / "demo", ignore_errors=True)
     env = dict(os.environ)
@@ -154,7 +166,7 @@ def demo(hosts: int = typer.Option(3, "--hosts", "-n", min=2, max=20),
     output.stdout.print(f"(a command that fails on one host exits {rc}: see `ndctl exec --help`)")
     _deploy_demo(started, wd, env)
     if not keep:
-        sandbox.down(workdir=wd)
+        sandbox.down(workdir=wd, **_group())
         output.stdout.print("sandbox removed")
     else:
         output.stdout.print(f"\nThe sandbox keeps running. Try: NDCTL_INVENTORY={env['NDCTL_INVENTORY']} "
