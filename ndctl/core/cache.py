@@ -6,11 +6,11 @@ that a cron refresh and an operator's command never rewrite each other's hosts.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ndctl.core.atomicfile import atomic_write
 
 
 @dataclass
@@ -41,16 +41,8 @@ class Cache:
         )
 
     def put(self, agent_id: str, entry: AgentCache) -> None:
-        path = self._path(agent_id)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(entry.__dict__, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self._path(agent_id), json.dumps(entry.__dict__, indent=1, sort_keys=True), 0o600,
+                     fsync=False)
 
     def drop(self, agent_id: str) -> None:
         self._path(agent_id).unlink(missing_ok=True)

@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +22,7 @@ import yaml
 # or an error needs a position: read-only commands never pay for it.
 
 from ndctl.core.autotags import AutoTagThresholds
+from ndctl.core.atomicfile import atomic_write
 from ndctl.core.errors import ConflictError, InventoryError, NotFoundError, UsageError
 from ndctl.core.selectors import select
 
@@ -513,20 +513,8 @@ class Inventory:
         self._writable()
         text = self.dumps()
         Inventory.from_text(text, self.path)  # never write what we could not read back
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         mode = self.path.stat().st_mode & 0o777 if self.path.exists() else 0o600
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, text, mode)
         self.exists = True
 
     @property

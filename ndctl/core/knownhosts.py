@@ -5,9 +5,9 @@ never written. Writes are atomic and keep every line that is not replaced.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from ndctl.core.atomicfile import atomic_write
 
 
 def pattern(address: str, port: int) -> str:
@@ -58,15 +58,4 @@ def remove_pin(path: Path, address: str, port: int) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".known_hosts.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text, 0o600)

@@ -24,12 +24,12 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from ndctl.core.atomicfile import atomic_write
 from ndctl.core.errors import AuthError, HostKeyError, NotFoundError, UsageError
 from ndctl.core.secret import Secret
 
@@ -235,19 +235,7 @@ def decrypt(ciphertext: str, identities: Sequence[Any], *, what: str) -> Secret:
 
 # --------------------------------------------------------------------------- the store
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text, mode)
 
 
 class SecretStore:
