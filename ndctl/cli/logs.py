@@ -27,7 +27,7 @@ def logs_command(
     from ndctl.cli.main import state
     from ndctl.commands.appstate import _app
     from ndctl.core.errors import NotFoundError, UsageError
-    from ndctl.ops.logs import LogLine, collect_logs, split_timestamp, stream_logs
+    from ndctl.ops.logs import LogLine, collect_logs, log_line, stream_logs
     from ndctl.transport.ssh import Runner
 
     try:
@@ -50,15 +50,11 @@ def logs_command(
         target.write(f"{x.host:<{width}} {x.version} | {stamp}{x.line}\n")
         target.flush()
 
-    def on_line(host: str, version: str, stream: str, line: str) -> None:
-        stamp, text = split_timestamp(line)
-        emit(LogLine(host, version, stream, text, stamp))
-
     async def main():
         async with Runner(fleet.run_options()) as runner:
             if follow:
-                return await stream_logs(runner, hosts, app_name, on_line, follow=True, since=since,
-                                         tail=tail, timestamps=True)
+                return await stream_logs(runner, hosts, app_name, lambda *a: emit(log_line(*a)), follow=True,
+                                         since=since, tail=tail, timestamps=True)
             result, lines, containers = await collect_logs(runner, hosts, app_name, since=since, tail=tail)
             if not containers and result.ok:
                 raise NotFoundError(f"no running container of app {app_name!r} on the selected hosts "

@@ -34,7 +34,8 @@ async def app_containers(runner: Runner, host: Host, app: str) -> tuple[HostResu
 async def stream_logs(runner: Runner, hosts: list[Host], app: str, on_line: LineCallback, *,
                       follow: bool = False, since: str | None = None, tail: int | str | None = None,
                       timestamps: bool = False, poll_interval: float = 2.0) -> GroupResult:
-    """Logs of the app's running containers on every host.
+    """Logs of the app's running containers on every host; without ``follow``, each host's
+    ``value`` is how many containers it read.
 
     With ``follow`` it keeps polling for containers that appear later (a deploy's
     green) and follows each from its own start, so a switch never loses lines;
@@ -50,7 +51,7 @@ async def stream_logs(runner: Runner, hosts: list[Host], app: str, on_line: Line
                 return r
             running = [c for c in containers if c.get("running")]
             if first and not running and not follow:
-                return HostResult(h.name, Status.OK, 0, error=None)
+                return HostResult(h.name, Status.OK, 0, value=0)
             for c in running:
                 name = c["name"].lstrip("/")
                 if name in followed:
@@ -67,7 +68,7 @@ async def stream_logs(runner: Runner, hosts: list[Host], app: str, on_line: Line
             if not follow:
                 results = await asyncio.gather(*followed.values())
                 bad = [x for x in results if not x.ok]
-                return bad[0] if bad else HostResult(h.name, Status.OK, 0)
+                return bad[0] if bad else HostResult(h.name, Status.OK, 0, value=len(followed))
             await asyncio.sleep(poll_interval)
 
     return await runner.fan_out(hosts, per_host, forks=len(hosts) or 1)
@@ -94,6 +95,12 @@ def split_timestamp(line: str) -> tuple[str, str]:
     return "", line
 
 
+def log_line(host: str, version: str, stream: str, raw: str) -> LogLine:
+    """A ``stream_logs(timestamps=True)`` callback's arguments as a LogLine."""
+    stamp, text = split_timestamp(raw)
+    return LogLine(host, version, stream, text, stamp)
+
+
 def _sort_key(x: LogLine) -> str:
     # RFC 3339 in UTC with Docker's fixed 9-digit fraction sorts as text once padded.
     head, _, frac = x.time.rstrip("Z").partition(".")
@@ -105,23 +112,7 @@ async def collect_logs(runner: Runner, hosts: list[Host], app: str, *, since: st
     """Every host's lines at once, merged by Docker's timestamps (oldest first), plus how many
     running containers were read; for a one-off read (``stream_logs(follow=True)`` streams)."""
     lines: list[LogLine] = []
-    seen: set[tuple[str, str]] = set()
 
-    def on_line(host: str, version: str, stream: str, line: str) -> None:
-        stamp, text = split_timestamp(line)
-        lines.append(LogLine(host, version, stream, text, stamp))
-        seen.add((host, version))
-
-    counted: list[int] = []
-
-    async def count(h: Host) -> HostResult:
-        r, containers = await app_containers(runner, h, app)
-        counted.append(sum(1 for c in containers if c.get("running")))
-        return r
-
-    found = await runner.fan_out(hosts, count)
-    if not sum(counted):
-        return found, [], 0
-    result = await stream_logs(runner, hosts, app, on_line, since=since, tail=tail, timestamps=True)
+    result = await stream_logs(runner, hosts, app, lambda *a: lines.append(log_line(*a)), since=since, tail=tail, timestamps=True)
     lines.sort(key=_sort_key)  # stable: a host's own order stays for equal stamps
-    return result, lines, sum(counted)
+    return result, lines, sum(r.value or 0 for r in result if r.ok)
