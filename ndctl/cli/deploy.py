@@ -83,13 +83,14 @@ def deploy(
         return
     from ndctl.core.appspec import default_version, validate_version
     from ndctl.ops.deploy import Deployer
+    from ndctl.ops.images import registry_auth
     from ndctl.transport.ssh import Runner
 
     spec = _spec(file, image=image, tags=selector, strategy=strategy, health_check=health_check, parallel=parallel,
                  registry_server=registry_server, registry_user=registry_user, secrets=secret or None)
     ver = validate_version(version) if version else default_version(spec.image)
     source = "pull" if pull or spec.registry is not None else "ship"
-    auth = registry_auth(spec, password_stdin=registry_password_stdin) if source == "pull" else None
+    auth = registry_auth(spec.registry, password_stdin=registry_password_stdin) if source == "pull" else None
     fleet = _fleet(selector, spec)
     # secrets: every one checked for every host (exists, may be used, encrypted to its key) before any host is touched
     deliveries = fleet.secrets.plan_delivery(fleet.hosts, spec.secrets, env=env) if spec.secrets else {}
@@ -126,33 +127,6 @@ def deploy(
         raise typer.Exit(int(ExitStatus.INTERRUPTED))
     if not result.ok:
         raise typer.Exit(int(deploy_exit_status(result)))
-
-
-def registry_auth(spec, *, password_stdin: bool = False, stdin=None, environ=None):
-    """The registry credentials of a pull, or None without a ``registry:``; a missing password is
-    a usage error before any host is touched."""
-    import os
-
-    from ndctl.core.errors import UsageError
-    from ndctl.core.secret import Secret
-    from ndctl.ops.images import RegistryAuth
-
-    reg = spec.registry
-    if reg is None:
-        if password_stdin:
-            raise UsageError("--registry-password-stdin: no registry user (add a registry: section to the file, "
-                             "or pass --registry-user)")
-        return None
-    if password_stdin:
-        password = (stdin or sys.stdin).readline().rstrip("\r\n")
-        if not password:
-            raise UsageError("--registry-password-stdin: stdin held no password")
-    else:
-        password = (os.environ if environ is None else environ).get(reg.password_env, "")
-        if not password:
-            raise UsageError(f"no password for registry user {reg.username!r}: set {reg.password_env} "
-                             f"(registry.password_env) or pass --registry-password-stdin")
-    return RegistryAuth(username=reg.username, password=Secret(password), server=reg.server)
 
 
 def final_lines(result, app: str, version: str) -> list[str]:

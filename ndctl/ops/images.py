@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +47,30 @@ class RegistryAuth:
     username: str
     password: Secret
     server: str | None = None
+
+
+def registry_auth(registry: Any, *, password_stdin: bool = False, stdin: Any = None,
+                  environ: Mapping[str, str] | None = None) -> RegistryAuth | None:
+    """The credentials of a pull for ``registry`` (an ``appspec.RegistrySpec``), None without one.
+
+    The password comes from stdin's first line (``password_stdin``) or the variable
+    ``registry.password_env`` names; a missing one is a UsageError before any host is touched.
+    """
+    if registry is None:
+        if password_stdin:
+            raise UsageError("--registry-password-stdin: no registry user (add a registry: section to the file, "
+                             "or pass --registry-user)")
+        return None
+    if password_stdin:
+        password = (stdin or sys.stdin).readline().rstrip("\r\n")
+        if not password:
+            raise UsageError("--registry-password-stdin: stdin held no password")
+    else:
+        password = (os.environ if environ is None else environ).get(registry.password_env, "")
+        if not password:
+            raise UsageError(f"no password for registry user {registry.username!r}: set {registry.password_env} "
+                             f"(registry.password_env) or pass --registry-password-stdin")
+    return RegistryAuth(username=registry.username, password=Secret(password), server=registry.server)
 
 
 # ---------------------------------------------------------------------------
@@ -364,5 +390,5 @@ async def stream_chunks(chunks: Sequence[bytes]) -> AsyncIterator[bytes]:
         yield c
 
 
-__all__ = ["RegistryAuth", "Tee", "ensure_image", "host_image_id", "image_id_argv", "load_argv",
+__all__ = ["RegistryAuth", "Tee", "registry_auth", "ensure_image", "host_image_id", "image_id_argv", "load_argv",
            "local_image_id", "parse_image_id", "pull_argv", "save_argv", "stream_chunks"]
