@@ -19,6 +19,7 @@ from typing import Any
 
 from ndctl.core.errors import SelectorError, UsageError
 from ndctl.core.selectors import parse_selector
+from ndctl.core.yamlio import YamlSyntaxError, load_roundtrip
 from ndctl.core.health import HealthCheck, cross_check, parse_expect
 
 DEFAULT_FILENAME = "nextdeploy.yaml"
@@ -518,18 +519,12 @@ def _registry(r: _Reader, node: Any, parent: Any) -> RegistrySpec:
 
 def parse_appspec(text: str, source: str = DEFAULT_FILENAME, *, require_image: bool = True) -> AppSpec:
     """Parse and validate the text of a ``nextdeploy.yaml``."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
     r = _Reader(source)
     try:
-        doc = YAML(typ="rt").load(text)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise AppSpecError(f"{source}: invalid YAML: {e.problem or e.context}{where}") from None
-    except YAMLError as e:
-        raise AppSpecError(f"{source}: invalid YAML: {e}") from None
+        doc = load_roundtrip(text)
+    except YamlSyntaxError as e:
+        where = f" (line {e.line}, column {e.column})" if e.line else ""
+        raise AppSpecError(f"{source}: invalid YAML: {e.problem}{where}") from None
     if not isinstance(doc, dict):
         raise AppSpecError(f"{source}: the top level must be a mapping with at least 'app:' and 'port:'",
                            hint="`ndctl deploy init` writes a commented example")

@@ -25,6 +25,7 @@ from ndctl.core.autotags import AutoTagThresholds
 from ndctl.core.atomicfile import atomic_write
 from ndctl.core.errors import ConflictError, InventoryError, NotFoundError, UsageError
 from ndctl.core.selectors import select
+from ndctl.core.yamlio import YamlSyntaxError, load_roundtrip
 
 DEFAULT_HOME = Path("~/.nextdeploy")
 
@@ -237,17 +238,15 @@ class Inventory:
     @classmethod
     def from_text(cls, text: str, path: Path | str = "<inventory>") -> "Inventory":
         from ruamel.yaml.comments import CommentedMap
-        from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
         p = Path(path)
         try:
-            doc = _yaml().load(text)
-        except MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-            raise InventoryError(f"{p}: invalid YAML at {where}: {e.problem or e.context}") from e
-        except YAMLError as e:
-            raise InventoryError(f"{p}: invalid YAML: {e}") from e
+            doc = load_roundtrip(text, _yaml())
+        except YamlSyntaxError as e:
+            if not e.marked:
+                raise InventoryError(f"{p}: invalid YAML: {e.problem}") from e
+            where = f"line {e.line}, column {e.column}" if e.line else "unknown position"
+            raise InventoryError(f"{p}: invalid YAML at {where}: {e.problem}") from e
         if doc is None:
             doc = CommentedMap()
         if not isinstance(doc, CommentedMap):

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ndctl.core.errors import UsageError
+from ndctl.core.yamlio import YamlSyntaxError, load_roundtrip
 from ndctl.resources import data_dir
 
 PLAYBOOK_DIR = data_dir("playbooks")
@@ -557,17 +558,11 @@ def parse_vars(pairs: Iterable[str]) -> dict[str, str]:
 
 def parse_playbook(text: str, source: str = "<playbook>", *, variables: Mapping[str, str] | None = None) -> Playbook:
     """Parse and validate a playbook; any problem is a UsageError naming the line and field."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
     try:
-        doc = YAML(typ="rt").load(text)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise UsageError(f"{source}: invalid YAML: {where}{e.problem or e.context}") from None
-    except YAMLError as e:
-        raise UsageError(f"{source}: invalid YAML: {e}") from None
+        doc = load_roundtrip(text)
+    except YamlSyntaxError as e:
+        where = f"line {e.line}, column {e.column}: " if e.line else ""
+        raise UsageError(f"{source}: invalid YAML: {where}{e.problem}") from None
     default_name = Path(source).stem if source != "<playbook>" else "playbook"
     loader = _Loader(source, {})
     if isinstance(doc, list):

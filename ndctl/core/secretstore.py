@@ -234,10 +234,6 @@ def decrypt(ciphertext: str, identities: Sequence[Any], *, what: str) -> Secret:
 
 
 # --------------------------------------------------------------------------- the store
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    atomic_write(path, text, mode)
-
-
 class SecretStore:
     """``<home>/secrets``: read, write, rekey and remove secrets; all writes under one lock."""
 
@@ -307,7 +303,7 @@ class SecretStore:
             created_at, created_by = at, who
         rec = SecretRecord(name=name, env=env, recipients=recips, ciphertext=ct, created_at=created_at,
                            created_by=created_by, updated_at=at, updated_by=who)
-        _atomic_write(self.path(env, name), rec.to_json())
+        atomic_write(self.path(env, name), rec.to_json(), 0o644)  # ciphertext: safe to share
         return rec
 
     def rekey(self, env: str, name: str, identities: Sequence[Any], recipients: Sequence[Recipient], *,
@@ -322,7 +318,7 @@ class SecretStore:
         rec.ciphertext = encrypt(value, recips)
         rec.recipients = recips
         rec.rekeyed_at, rec.rekeyed_by = at or now_iso(), who
-        _atomic_write(self.path(env, name), rec.to_json())
+        atomic_write(self.path(env, name), rec.to_json(), 0o644)  # ciphertext: safe to share
         return rec, True
 
     def remove(self, env: str, name: str) -> SecretRecord:
