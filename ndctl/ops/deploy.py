@@ -781,13 +781,14 @@ class _SharedShip:
                                                             self.image, source="ship"))
 
         def done(t: asyncio.Task) -> None:
+            error = None if t.cancelled() else t.exception()
             for name, (_, fut) in batch.items():
                 if fut.done():
                     continue
                 if t.cancelled():
                     fut.cancel()
-                elif t.exception() is not None:
-                    fut.set_exception(t.exception())
+                elif error is not None:
+                    fut.set_exception(error)
                 else:
                     fut.set_result(t.result()[name])
 

@@ -68,3 +68,15 @@ def ssh_config_block(alias: str, host, *, proxy_jump: str | None = None) -> str:
     if proxy_jump:
         lines.append(f"    ProxyJump {proxy_jump}")
     return "\n".join(lines) + "\n"
+
+
+def reset_host(host, app: str, *extra: str) -> None:
+    """Remove what deploying ``app`` left on ``host``: its containers, the proxy (and its data
+    volume), the network and ndctl's state; then each ``extra`` shell line, run on its own so
+    that one failing (or a `pkill -f` matching its own shell) never skips the rest."""
+    host.exec("sh", "-c", 'docker ps -aq --filter "label=com.nextdeploy.app=$1" | xargs -r docker rm -f; '
+                          "docker rm -f nextdeploy-proxy; docker network rm nextdeploy; "
+                          "docker volume rm nextdeploy-proxy-data; "
+                          "rm -rf /var/lib/nextdeploy/apps /var/lib/nextdeploy/proxy", "reset-host", app, check=False)
+    for line in extra:
+        host.exec("sh", "-c", line, check=False)

@@ -14,6 +14,8 @@ from ndctl.commands import appstate
 from ndctl.core.errors import ExitStatus
 from ndctl.sandbox import caddyimage
 
+from .conftest import reset_host
+
 pytestmark = pytest.mark.e2e
 
 APP = "ndtweb"
@@ -71,10 +73,7 @@ retain: 2
         yield cli, hosts, spec
     finally:
         for h in hosts:
-            h.exec("sh", "-c", f"docker ps -aq --filter label=com.nextdeploy.app={APP} | xargs -r docker rm -f; "
-                               "docker rm -f nextdeploy-proxy; docker network rm nextdeploy; "
-                               "rm -rf /var/lib/nextdeploy/apps "
-                               "/var/lib/nextdeploy/proxy", check=False)
+            reset_host(h, APP)
         for v in ("v1", "v2", "v3"):
             subprocess.run(["docker", "rmi", "-f", f"ndt-web:{v}"], capture_output=True)
 

@@ -9,6 +9,7 @@ not a failure. Latencies are printed, never asserted (speed belongs in
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import time
 
@@ -17,6 +18,8 @@ import pytest
 from ndctl import sandbox
 from ndctl.sandbox import caddyimage
 from ndctl.sandbox.loadgen import LoadGen
+
+from .conftest import reset_host
 
 pytestmark = pytest.mark.e2e
 
@@ -61,10 +64,7 @@ retain: 2
         yield cli, host, spec
     finally:
         # Leave the shared host as we found it (the proxy image stays: it is a cache).
-        host.exec("sh", "-c", 'docker ps -aq --filter "label=com.nextdeploy.app=$1" | xargs -r docker rm -f; '
-                              'docker rm -f nextdeploy-proxy; docker network rm nextdeploy; '
-                              'docker rmi -f "$2" "$3"; rm -rf "/var/lib/nextdeploy/apps/$1" /var/lib/nextdeploy/proxy',
-                  "cleanup", APP, IMAGES["v1"], IMAGES["v2"], check=False)
+        reset_host(host, APP, shlex.join(["docker", "rmi", "-f", IMAGES["v1"], IMAGES["v2"]]))
         subprocess.run(["docker", "rmi", "-f", *IMAGES.values()], capture_output=True)
 
 

@@ -19,6 +19,8 @@ from ndctl import sandbox
 from ndctl.core.errors import ExitStatus
 from ndctl.sandbox import caddyimage
 
+from .conftest import reset_host
+
 pytestmark = pytest.mark.e2e
 
 APP = "ndtmore"
@@ -103,12 +105,9 @@ def wait_until(fn, timeout: float = 60, what: str = "condition") -> None:
 
 def reset(hosts) -> None:
     for h in hosts:
-        h.exec("sh", "-c", f"docker ps -aq --filter label=com.nextdeploy.app={APP} | xargs -r docker rm -f; "
-                           "docker rm -f nextdeploy-proxy; "
-                           "docker volume ls -q | grep '^ndtwww' | xargs -r docker volume rm; "
-                           "pkill -f 'http[.]server 80'; "  # [.]: not matching this very sh -c
-                           "[ -e /usr/bin/docker.ndt-hidden ] && mv /usr/bin/docker.ndt-hidden /usr/bin/docker; "
-                           "rm -rf /var/lib/nextdeploy/apps /var/lib/nextdeploy/proxy", check=False)
+        reset_host(h, APP, "docker volume ls -q | grep '^ndtwww' | xargs -r docker volume rm",
+                   "pkill -f 'http[.]server 80'",  # [.]: not matching its own sh -c
+                   "[ ! -e /usr/bin/docker.ndt-hidden ] || mv /usr/bin/docker.ndt-hidden /usr/bin/docker")
 
 
 def _ssh_block(alias: str, h) -> str:

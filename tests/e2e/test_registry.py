@@ -13,6 +13,7 @@ import pytest
 from ndctl.core.errors import ExitStatus
 from ndctl.sandbox import caddyimage
 
+from .conftest import reset_host
 from .test_deploy import build_app_image, serve
 
 pytestmark = pytest.mark.e2e
@@ -80,11 +81,8 @@ registry:
     try:
         yield cli, host, spec
     finally:
-        host.exec("sh", "-c", f"docker ps -aq --filter label=com.nextdeploy.app={APP} | xargs -r docker rm -f; "
-                              "docker rm -f nextdeploy-proxy; docker network rm nextdeploy; "
-                              f"docker rmi -f {IMAGE}; pkill -f '[d]ocker-registry serve'; "
-                              "rm -rf /var/lib/ndt-registry /etc/ndt-registry /var/lib/nextdeploy/apps "
-                              "/var/lib/nextdeploy/proxy", check=False)
+        reset_host(host, APP, f"docker rmi -f {IMAGE}", "pkill -f '[d]ocker-registry serve'",
+                   "rm -rf /var/lib/ndt-registry /etc/ndt-registry")
         subprocess.run(["docker", "rmi", "-f", "ndt-reg:v1"], capture_output=True)
 
 

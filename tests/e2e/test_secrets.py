@@ -17,6 +17,8 @@ from ndctl.commands import secrets as host_cmds
 from ndctl.core.errors import ExitStatus
 from ndctl.sandbox import caddyimage
 
+from .conftest import reset_host
+
 pytestmark = pytest.mark.e2e
 
 APP = "ndtsec"
@@ -100,11 +102,8 @@ secrets: [DB_PASSWORD]
     try:
         yield cli, host, spec
     finally:
-        host.exec("sh", "-c", f"docker ps -aq --filter label=com.nextdeploy.app={APP} | xargs -r docker rm -f; "
-                              "docker rm -f nextdeploy-proxy; docker network rm nextdeploy; "
-                              "rm -rf /var/lib/nextdeploy/apps /var/lib/nextdeploy/proxy /var/lib/nextdeploy/secrets "
-                              "/var/lib/nextdeploy/bin /var/lib/nextdeploy/audit /run/nextdeploy /usr/bin/age; "
-                              f"docker rmi -f {IMAGE}", check=False)
+        reset_host(host, APP, "rm -rf /var/lib/nextdeploy/secrets /var/lib/nextdeploy/bin /var/lib/nextdeploy/audit "
+                              "/run/nextdeploy /usr/bin/age", f"docker rmi -f {IMAGE}")
         subprocess.run(["docker", "rmi", "-f", IMAGE], capture_output=True)
 
 

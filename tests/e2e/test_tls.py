@@ -3,11 +3,13 @@ Caddy's own CA for the app's host name, and plain HTTP redirected."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
 from ndctl.sandbox import caddyimage
 
+from .conftest import reset_host
 from .test_deploy import build_app_image
 
 pytestmark = pytest.mark.e2e
@@ -69,9 +71,5 @@ grace: 1s
         vols = host.exec("docker", "inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", "nextdeploy-proxy").stdout
         assert "nextdeploy-proxy-data" in vols
     finally:
-        host.exec("sh", "-c", f"docker ps -aq --filter label=com.nextdeploy.app={APP} | xargs -r docker rm -f; "
-                              "docker rm -f nextdeploy-proxy; docker network rm nextdeploy; "
-                              "docker volume rm nextdeploy-proxy-data; "
-                              "rm -rf /var/lib/nextdeploy/apps /var/lib/nextdeploy/proxy", check=False)
-        import subprocess
+        reset_host(host, APP)
         subprocess.run(["docker", "rmi", "-f", "ndt-tls:v1"], capture_output=True)
