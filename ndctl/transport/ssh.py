@@ -374,9 +374,14 @@ class Runner:
                 on_output(host.name, name, line.rstrip("\n"))
 
         async def body() -> None:
-            if input is not None:
-                proc.stdin.write(input)
-            proc.stdin.write_eof()
+            try:
+                if input is not None:
+                    proc.stdin.write(input)
+                proc.stdin.write_eof()
+            except BrokenPipeError:
+                # A command that exits without reading its stdin can close the channel before we write:
+                # its output and exit status still arrive, so this is not a lost connection.
+                pass
             await asyncio.gather(pump(proc.stdout, out, "stdout"), pump(proc.stderr, err, "stderr"))
             await proc.wait_closed()
 

@@ -166,3 +166,44 @@ def test_helper_is_uploaded_once_then_run_in_one_round_trip(server, tmp_path: Pa
     assert second.ok and second.value.arch == first.value.arch
     files = list(Path(helper_dir).glob("helper-*.py"))
     assert len(files) == 1 and files[0].stat().st_mode & 0o777 == 0o644
+
+
+class _ClosedStdin:
+    """The stdin of a channel the remote already closed (its command exited without reading)."""
+
+    def write(self, data) -> None:
+        raise BrokenPipeError("Channel not open for sending")
+
+    def write_eof(self) -> None:
+        raise BrokenPipeError("Channel not open for sending")
+
+
+class _Stream:
+    def __init__(self, text: str) -> None:
+        self.parts = [text, ""]
+
+    async def read(self, n: int) -> str:
+        return self.parts.pop(0)
+
+
+class _ExitedProcess:
+    """What asyncssh hands back when the command exited before its input was written."""
+
+    def __init__(self, code: int, out: str) -> None:
+        self.stdin, self.stdout, self.stderr = _ClosedStdin(), _Stream(out), _Stream("")
+        self.exit_status, self.exit_signal = code, None
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("code,status", [(0, Status.OK), (1, Status.FAILED)])
+def test_command_that_exits_before_reading_stdin_keeps_its_result(code: int, status: Status) -> None:
+    # A check such as `cmp -s - FILE` exits at once when FILE is missing; the channel can be closed
+    # before the content is written. That is the command's answer, not a lost connection (seen in CI).
+    runner = Runner(RunOptions())
+    h = Host("h", "127.0.0.1")
+    runner._conns["h"] = sentinel = object()
+    r = run(runner._collect(h, _ExitedProcess(code, "said\n"), "content", 5, None, 0.0))
+    assert (r.status, r.exit_code, r.stdout, r.error) == (status, code, "said\n", None)
+    assert runner._conns["h"] is sentinel  # the connection is kept for the next command
