@@ -909,6 +909,21 @@ class HostOutcome:
     message: str = ""
 
 
+#: what may still run on a host while the next batch starts: traffic has moved, and a
+#: failure of these is only a warning (see :func:`on_failure`)
+AFTER_SWITCH = frozenset({Action.WRITE_CURRENT, Action.RECORD, Action.SCHEDULE_STOP, Action.PRUNE, Action.UNLOCK})
+
+
+def split_at_switch(rollout: Sequence[Step]) -> tuple[tuple[Step, ...], tuple[Step, ...]]:
+    """``(up to and including the switch, the rest)`` when everything after the switch is
+    bookkeeping (:data:`AFTER_SWITCH`), else ``(rollout, ())``. A batch is done for the
+    rollout once its hosts switched: the rest overlaps the next batch."""
+    at = next((i for i, s in enumerate(rollout) if s.action is Action.SWITCH), None)
+    if at is None or not all(s.action in AFTER_SWITCH for s in rollout[at + 1:]):
+        return tuple(rollout), ()
+    return tuple(rollout[:at + 1]), tuple(rollout[at + 1:])
+
+
 class Rollout:
     """Batch bookkeeping of a multi-host deploy: next batch, stop at the first failed one.
 

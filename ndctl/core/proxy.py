@@ -179,6 +179,9 @@ class ProxyChange:
     before: Route | None = None
     after: Route | None = None
     duration: float = 0.0
+    #: how the proxy took the new config: "admin-api" (Caddy, from its network namespace),
+    #: "docker-exec" (``caddy reload``), "signal" (nginx); None when nothing was reloaded
+    via: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -188,7 +191,7 @@ class ProxyChange:
         return {"app": self.app, "action": self.action, "kind": self.kind,
                 "before": self.before.to_dict() if self.before else None,
                 "after": self.after.to_dict() if self.after else None,
-                "duration": round(self.duration, 3)}
+                "duration": round(self.duration, 3), "via": self.via}
 
 
 @dataclass

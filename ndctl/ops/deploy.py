@@ -156,6 +156,7 @@ class HostRun:
     exit_status: ExitStatus | None = None
     rollout_started: datetime | None = None
     rollout_finished: datetime | None = None
+    switched_at: datetime | None = None  # when the switch was done (the next batch may start)
     rolled_back: dict[str, Any] | None = None
     proxy_snapshot: object = None  # ensure-proxy's reading, for the switch (ops.proxy.set_route known=)
     image_id: str | None = None  # the id of a pulled image (a shipped one's is in the plan already)
@@ -168,6 +169,7 @@ class HostRun:
                "started_at": _stamp(self.started),
                "rollout_started_at": _stamp(self.rollout_started),
                "rollout_finished_at": _stamp(self.rollout_finished),
+               "switched_at": _stamp(self.switched_at),
                "steps": self.done, "logs": self.logs}
         if self.rolled_back is not None:
             out["rolled_back"] = self.rolled_back
@@ -274,14 +276,16 @@ class Deployer:
         t0 = time.monotonic()
         self.on_event(run.host.name, step.action.value, step.why)
         try:
-            await self._do(run, step)
+            extra = await self._do(run, step)
         except BaseException as e:
             run.done.append({**step.to_dict(), "seconds_taken": round(time.monotonic() - t0, 3), "ok": False,
                              "error": "interrupted" if isinstance(e, asyncio.CancelledError) else str(e)})
             raise
-        run.done.append({**step.to_dict(), "seconds_taken": round(time.monotonic() - t0, 3), "ok": True})
+        run.done.append({**step.to_dict(), "seconds_taken": round(time.monotonic() - t0, 3), "ok": True,
+                         **(extra or {})})
 
-    async def _do(self, run: HostRun, step: dp.Step) -> None:
+    async def _do(self, run: HostRun, step: dp.Step) -> dict[str, Any] | None:
+        """Run one step; returns what the step's record should say beyond the step itself."""
         host, spec, plan = run.host, self.spec, run.plan
         A = dp.Action
         if step.action is A.ENSURE_PROXY:
@@ -355,8 +359,9 @@ class Deployer:
         elif step.action is A.SWITCH:
             route = self._route(f"{step.container}:{step.port or spec.port}", step.seconds)
             known, run.proxy_snapshot = run.proxy_snapshot, None  # stale once this switch commits
-            await proxy_ops.set_route(self.runner, host, route, known=known)
+            change = await proxy_ops.set_route(self.runner, host, route, known=known)
             run.switched = True
+            return {"via": change.via}
         elif step.action is A.RECORD:
             rec = dp.history_record(plan, result=step.result or dp.RESULT_OK, who=self.who, started_at=run.started,
                                     finished_at=_now(), error=run.message, image_id=run.image_id)
@@ -377,6 +382,7 @@ class Deployer:
             await self._release(run, step.deploy_id or "")
         else:  # pragma: no cover - a new Action without an executor is a bug
             raise AssertionError(f"no executor for {step.action}")
+        return None
 
     async def _check_route(self, run: HostRun) -> None:
         """A host name another app claims would only fail at the switch, after green started."""
@@ -437,11 +443,13 @@ class Deployer:
                 port_clash(host.name, spec.proxy.kind, f"{e}\n{r.stderr if r else ''}") or str(e)
             raise StepFailed(step, why, r) from None
 
-    async def run_steps(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
+    async def run_steps(self, run: HostRun, steps: Sequence[dp.Step]) -> bool:
         """Run steps in order; on a failure, apply what the plan says it means.
 
         A lost connection counts as an interruption (the cleanup reconnects);
-        a cancellation (Ctrl-C) runs the same cleanup, then goes on.
+        a cancellation (Ctrl-C) runs the same cleanup, then goes on. True when
+        every step ran; False when a failure ended the list (its decision's
+        remaining steps ran instead).
         """
         i = 0
         while i < len(steps):
@@ -489,7 +497,8 @@ class Deployer:
                             run.message = _join(run.message, self._lock_left(run))
                 if cancelled:
                     raise
-                return
+                return False
+        return True
 
     async def _bookkeeping(self, run: HostRun, steps: Sequence[dp.Step]) -> None:
         """After the switch: current.json, history, the delayed stop and pruning are independent,
@@ -652,21 +661,49 @@ class Deployer:
             ok = run.result == dp.RESULT_OK
             return HostResult(h.name, Status.OK if ok else Status.FAILED, error=None if ok else run.message)
 
+        def finished(run: HostRun) -> None:
+            run.rollout_finished = _now()
+            if run.result == dp.RESULT_OK:
+                self.on_event(run.host.name, "done", f"serving {run.plan.version} from {run.plan.green} "
+                                                     f"({(run.rollout_finished - run.started).total_seconds():.1f}s)")
+
+        async def finish(run: HostRun, tail: Sequence[dp.Step]) -> None:
+            try:
+                await self.run_steps(run, tail)
+            finally:
+                finished(run)
+
         async def roll(h: Host) -> HostResult:
             run = runs[h.name]
             run.rollout_started = _now()
+            head, tail = dp.split_at_switch(run.plan.rollout)
+            pipelined = False
             try:
-                await self.run_steps(run, run.plan.rollout)
+                if await self.run_steps(run, head) and tail:
+                    if run.switched:
+                        # Traffic has moved: the next batch starts while this host writes its
+                        # bookkeeping and unlocks (their failures are warnings, not the batch's).
+                        run.switched_at = _now()
+                        tails.append(asyncio.ensure_future(finish(run, tail)))
+                        pipelined = True
+                    else:
+                        await self.run_steps(run, tail)
             finally:
-                run.rollout_finished = _now()
                 rollout.record(h.name, dp.HostOutcome(run.result, run.switched, run.message))
-                if run.result == dp.RESULT_OK:
-                    self.on_event(h.name, "done", f"serving {run.plan.version} from {run.plan.green} "
-                                                  f"({(run.rollout_finished - run.started).total_seconds():.1f}s)")
+                if not pipelined:
+                    finished(run)
             ok = run.result == dp.RESULT_OK
             return HostResult(h.name, Status.OK if ok else Status.FAILED, error=None if ok else run.message)
 
+        async def settle() -> None:
+            """Wait for the hosts still finishing after their switch (shielded: they unlock)."""
+            while tails:
+                pending = list(tails)
+                tails.clear()
+                await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
+
         shipper = self._shipper = _SharedShip(self.runner, spec.image)
+        tails: list[asyncio.Future[None]] = []
         try:
             prep = await self.runner.fan_out(hosts, begin)
             if not prep.ok:
@@ -677,6 +714,7 @@ class Deployer:
                         rollout.record(r.host, dp.HostOutcome(run.result, False, run.message))
             while (batch := rollout.next_batch()) is not None:
                 await self.runner.fan_out([by_name[n] for n in batch], roll)
+            await settle()
             back = rollout.to_roll_back()
             if back:
                 await self._roll_back_switched([runs[n] for n in back], rollout.failed)
@@ -684,6 +722,7 @@ class Deployer:
             interrupted = True
             raise
         finally:
+            await settle()
             # Hosts never reached (a failed or interrupted earlier batch) still hold this deploy's lock.
             for name in rollout.untouched:
                 run = runs[name]

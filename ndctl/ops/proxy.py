@@ -46,6 +46,7 @@ class _State:
     network: bool | None = None
     container: tuple[str, str, str] | None = None  # (status, kind label, image)
     version: tuple[int, ...] | None = None  # the proxy's, recorded in proxy/version by ensure_proxy
+    handle: str = ""  # "<pid>:<container id>" of a running proxy, as inspected (commit_argv's hint)
 
 
 def _sha(text: str) -> str:
@@ -58,6 +59,7 @@ def _parse_state(host: Host, stdout: str) -> _State:
     network: bool | None = None
     container: tuple[str, str, str] | None = None
     version: tuple[int, ...] | None = None
+    handle = ""
     for line in stdout.splitlines():
         if line.startswith("route "):
             route_lines.append(line + "\n")
@@ -70,13 +72,15 @@ def _parse_state(host: Host, stdout: str) -> _State:
             network = line == "network yes"
         elif line.startswith("container "):
             if line != "container absent":
-                status, kind, image = (line.split(" ", 3) + ["", "", ""])[1:4]
+                # "container <status> <kind label, maybe empty> <image> <pid>:<id>"
+                status, kind, image, pid_id = (line.split(" ") + ["", "", "", ""])[1:5]
                 container = (status, kind, image)
+                handle = pid_id if status == "running" and cmd.HANDLE_RE.match(pid_id) else ""
     try:
         routes = parse_route_listing("".join(route_lines))
     except RouteError as e:
         raise RouteError(f"{host.name}: {e}", hint="fix or remove that file on the host") from None
-    return _State(configs, routes, _sha("".join(route_lines)), network, container, version)
+    return _State(configs, routes, _sha("".join(route_lines)), network, container, version, handle)
 
 
 def _check(host: Host, r: HostResult, what: str) -> HostResult:
@@ -180,6 +184,7 @@ async def ensure_proxy(runner: Runner, host: Host, kind: str, image: str, *,
 async def _apply(runner: Runner, host: Host, app: str, route: Route | None,
                  known: _State | None = None) -> ProxyChange:
     started = time.monotonic()
+    handle = ""
     for attempt in range(CAS_ATTEMPTS):
         trusted = attempt > 0 or known is None  # read just now, not a snapshot from earlier
         state = await _read(runner, host) if trusted else known
@@ -191,7 +196,8 @@ async def _apply(runner: Runner, host: Host, app: str, route: Route | None,
         text = render(kind, new_routes, state.version)
         if trusted and before == route and state.configs.get(config_name(kind)) == _sha(text):
             return ProxyChange(app, "unchanged", kind, before, route, time.monotonic() - started)
-        argv = cmd.commit_argv(kind, app, state.listing_hash, route.to_json() if route else None)
+        handle = handle or state.handle  # a re-read does not inspect the container: keep the first one
+        argv = cmd.commit_argv(kind, app, state.listing_hash, route.to_json() if route else None, handle=handle)
         r = await _run(runner, host, argv, "switching the proxy", input=text, check=False)
         if r.exit_code == cmd.CAS_MISMATCH:
             continue  # another app's route changed in between: re-read and re-render
@@ -203,7 +209,9 @@ async def _apply(runner: Runner, host: Host, app: str, route: Route | None,
                               f"{r.stderr.strip()[-2000:]}", r)
         _check(host, r, "switching the proxy")
         action = "removed" if route is None else ("created" if before is None else "updated")
-        return ProxyChange(app, action, kind, before, route, time.monotonic() - started)
+        via = "signal" if kind == "nginx" else next(
+            (line.split(" ", 1)[1] for line in r.stdout.splitlines() if line.startswith("reloaded ")), None)
+        return ProxyChange(app, action, kind, before, route, time.monotonic() - started, via=via)
     raise ConflictError(f"{host.name}: the proxy routes kept changing during {CAS_ATTEMPTS} attempts",
                         hint="another deploy is switching routes on this host; try again")
 

@@ -194,6 +194,8 @@ def test_switching_under_load_drops_no_request(env: Env) -> None:
                 target = "nd-web-000094ee:8080" if i % 2 == 0 else blue
                 change = await ops.set_route(r, env.host, Route("web", target, drain_seconds=5))
                 assert change.action == "updated", change
+                # Caddy takes the config from its admin API inside its netns (no docker exec)
+                assert change.via == ("admin-api" if env.kind == "caddy" else "signal"), change
                 timings.append(change.duration)
                 await asyncio.sleep(0.3)
             await asyncio.sleep(0.5)

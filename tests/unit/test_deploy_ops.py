@@ -202,12 +202,58 @@ def test_three_hosts_roll_one_batch_at_a_time_in_order() -> None:
     assert result.ok and summary["result"] == "ok"
     assert summary["batches"] == [["h1"], ["h2"], ["h3"]]
     vals = [r.value for r in result]
-    for a, b in zip(vals, vals[1:]):  # each batch ends before the next one starts
-        assert a["rollout_finished_at"] <= b["rollout_started_at"]
+    for a, b in zip(vals, vals[1:]):  # each batch has switched before the next one starts
+        assert a["switched_at"] and a["switched_at"] <= b["rollout_started_at"]
     assert all(h.serving_version() == "v2" and h.lock is None for h in w.hosts.values())
     steps = [s["action"] for s in vals[0]["steps"]]
     assert steps[:2] == ["ensure-proxy", "lock"] and steps[-1] == "unlock"
     assert all(s["ok"] for s in vals[0]["steps"])
+
+
+def test_next_batch_starts_while_the_previous_one_finishes_its_bookkeeping() -> None:
+    w = World(["h1", "h2"])
+    w.seed()
+    h2_started = asyncio.Event()
+
+    async def record_after_h2_started(run, step):
+        # without the overlap h2 would start only after this returns: a timeout, then a warning
+        await asyncio.wait_for(h2_started.wait(), 5)
+
+    async def note_start(run, step):
+        h2_started.set()
+
+    w.fail[("h1", A.RECORD)] = record_after_h2_started
+    w.fail[("h2", A.START)] = note_start
+    d = FakeDeployer(w)
+    result, _ = deploy(d, hosts("h1", "h2"))
+    assert result.ok and not [e for e in d.events if e[1] == "warning"], d.events
+    assert w.calls.index(("h2", "start")) < w.calls.index(("h1", "unlock"))
+    for h in w.hosts.values():  # every host's bookkeeping and unlock still ran
+        assert h.serving_version() == "v2" and h.lock is None and h.history[-1].version == "v2"
+    v1 = result["h1"].value
+    assert v1["switched_at"] <= result["h2"].value["rollout_started_at"] <= v1["rollout_finished_at"]
+    assert [s["action"] for s in v1["steps"]][-1] == "unlock" and all(s["ok"] for s in v1["steps"])
+
+
+def test_ctrl_c_in_the_next_batch_still_finishes_the_previous_ones_bookkeeping() -> None:
+    w = World(["h1", "h2"])
+    w.seed()
+    d = FakeDeployer(w)
+
+    async def slow_record(run, step):
+        await asyncio.sleep(0.3)
+
+    w.fail[("h1", A.RECORD)] = slow_record
+
+    async def main():
+        reached = _cancel_when(w, "h2", A.HEALTH_CHECK)
+        await _deploy_then_cancel(d, hosts("h1", "h2"), reached)
+
+    asyncio.run(main())
+    h1, h2 = w.hosts["h1"], w.hosts["h2"]
+    assert h1.serving_version() == "v2" and h1.lock is None and h1.history[-1].version == "v2"
+    assert h2.serving_version() == "v1" and h2.lock is None
+    assert d.report[0]["h1"].value["result"] == "ok" and d.report[0]["h2"].value["result"] == "interrupted"
 
 
 def test_failed_batch_stops_the_rollout_and_switched_hosts_stay_on_green() -> None:

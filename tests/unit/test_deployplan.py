@@ -594,3 +594,17 @@ def test_parse_time(text, expected) -> None:
 def test_new_deploy_id() -> None:
     ids = {dp.new_deploy_id() for _ in range(50)}
     assert len(ids) == 50 and all(len(i) == 8 and int(i, 16) >= 0 for i in ids)
+
+
+def test_split_at_switch_leaves_only_bookkeeping_after_it() -> None:
+    S = dp.Step
+    start, check, switch = S(dp.Action.START), S(dp.Action.HEALTH_CHECK), S(dp.Action.SWITCH)
+    tail = (S(dp.Action.WRITE_CURRENT), S(dp.Action.RECORD), S(dp.Action.SCHEDULE_STOP), S(dp.Action.PRUNE),
+            S(dp.Action.UNLOCK))
+    assert dp.split_at_switch((start, check, switch, *tail)) == ((start, check, switch), tail)
+    assert dp.split_at_switch((start, check, switch)) == ((start, check, switch), ())
+    no_switch = (S(dp.Action.STOP), S(dp.Action.UNLOCK))
+    assert dp.split_at_switch(no_switch) == (no_switch, ())
+    # anything else after the switch (a step the next batch must wait for) keeps the rollout whole
+    odd = (start, switch, S(dp.Action.HEALTH_CHECK), S(dp.Action.UNLOCK))
+    assert dp.split_at_switch(odd) == (odd, ())

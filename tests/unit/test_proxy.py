@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import replace
 import json
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ from ndctl.commands import proxy as cmd
 from ndctl.core.errors import ConflictError, ExitStatus, RemoteError, UsageError
 from ndctl.core.inventory import Host
 from ndctl.core.proxy import (
+    CADDY_ADMIN,
     PROXY_DIR,
     ProxyStatus,
     Route,
@@ -305,7 +307,10 @@ def test_scripts_take_values_as_positional_parameters() -> None:
         "sh", "-c", 'docker top "$1" -eo pid,args | grep -q " nginx: worker process$"', "ndctl-probe", "nextdeploy-proxy"]
     argv = cmd.commit_argv("caddy", "web", "abc", WEB.to_json())
     assert argv[3:] == ["ndctl-proxy-commit", PROXY_DIR, "caddy", "web", "abc", WEB.to_json().strip(),
-                        "nextdeploy-proxy", "/etc/nextdeploy/proxy"]
+                        "nextdeploy-proxy", "/etc/nextdeploy/proxy", "", cmd._CADDY_LOAD_PY, "localhost:2019"]
+    assert cmd.commit_argv("caddy", "web", "abc", None, handle="42:" + "ab" * 32)[11] == "42:" + "ab" * 32
+    with pytest.raises(ValueError, match="invalid proxy container handle"):
+        cmd.commit_argv("caddy", "web", "abc", None, handle="42; rm -rf /")
     assert cmd.commit_argv("nginx", "web", "abc", None)[8] == ""
     with pytest.raises(RouteError):
         cmd.commit_argv("caddy", "../etc", "abc", None)
@@ -318,7 +323,8 @@ def test_scripts_take_values_as_positional_parameters() -> None:
 
 def test_scripts_embed_the_same_reload_as_the_builders() -> None:
     script = cmd.commit_argv("caddy", "web", "x", None)[2]
-    assert 'docker exec "$c" caddy reload --config "$cd_/.$conf.new"' in script
+    assert 'caddy_load "$c" "$hint" "$new" "$cd_/.$conf.new"' in script
+    assert 'docker exec "$c" caddy reload --config "$cf"' in script  # the fallback
     assert 'docker exec "$c" nginx -t -q -c "$cd_/.$conf.new"' in script
     assert 'docker exec "$c" nginx -c "$cd_/$conf" -s reload' in script
 
@@ -335,7 +341,8 @@ fi
 case " $* " in *" caddy version "*|*" nginx -v "*) [ -n "$FAKE_VERSION" ] && echo "$FAKE_VERSION";; esac
 case "$1 $2" in
   "network inspect") [ "$FAKE_NETWORK" = yes ] || exit 1;;
-  "container inspect") [ -n "$FAKE_CONTAINER" ] || exit 1; echo "$FAKE_CONTAINER";;
+  "container inspect") case "$*" in "container inspect -f {{.State.Pid}}:{{.Id}} "*) [ -n "$FAKE_PIDID" ] || exit 1; echo "$FAKE_PIDID"; exit 0;; esac
+                       [ -n "$FAKE_CONTAINER" ] || exit 1; echo "$FAKE_CONTAINER";;
 esac
 exit 0
 """
@@ -352,7 +359,9 @@ class LocalRunner:
         (bindir / "docker").chmod(0o755)
         self.log = tmp / "docker.log"
         self.env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "FAKE_LOG": str(self.log),
-                    "FAKE_FAIL": "", "FAKE_NETWORK": "yes", "FAKE_CONTAINER": "", "FAKE_VERSION": "", **env}
+                    "FAKE_FAIL": "", "FAKE_NETWORK": "yes", "FAKE_CONTAINER": "", "FAKE_VERSION": "",
+                    "FAKE_PIDID": "", **env}
+        self.admin = CADDY_ADMIN  # where the commit script's Caddy admin client connects
         self.calls: list[list[str]] = []
         self.before_commit = None
 
@@ -365,6 +374,7 @@ class LocalRunner:
 
     async def run(self, host, argv, *, input=None, timeout=None, on_output=None) -> HostResult:
         argv = [a.replace(PROXY_DIR, str(self.dir)) for a in argv]
+        argv = [self.admin if a == CADDY_ADMIN else a for a in argv]
         if argv[3:4] == ["ndctl-proxy-commit"] and self.before_commit:
             hook, self.before_commit = self.before_commit, None
             hook()
@@ -399,7 +409,8 @@ def test_set_route_switches_then_is_a_no_op(tmp_path: Path, kind: str) -> None:
     assert (change.action, change.kind, change.before, change.after) == ("created", kind, None, WEB)
     assert _files(runner) == {conf: render(kind, [API, WEB]), "routes/api.json": API.to_json(),
                               "routes/web.json": WEB.to_json()}
-    reload_call = (["exec nextdeploy-proxy caddy reload --config /etc/nextdeploy/proxy/.caddy.json.new"]
+    reload_call = (["container inspect -f {{.State.Pid}}:{{.Id}} nextdeploy-proxy",  # no pid: docker exec
+                    "exec nextdeploy-proxy caddy reload --config /etc/nextdeploy/proxy/.caddy.json.new"]
                    if kind == "caddy" else
                    ["exec nextdeploy-proxy nginx -t -q -c /etc/nextdeploy/proxy/.nginx.conf.new",
                     "exec nextdeploy-proxy nginx -c /etc/nextdeploy/proxy/nginx.conf -s reload"])
@@ -658,3 +669,138 @@ def test_caddy_accepts_the_tls_config(tmp_path: Path) -> None:
     r = subprocess.run(["caddy", "validate", "--config", str(f)], capture_output=True, text=True,
                        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ----- Caddy's reload through its admin API (commit script, fake nsenter) ---------------
+
+FAKE_NSENTER = """#!/bin/sh
+echo "$*" >> "$FAKE_LOG.nsenter"
+[ "$1" = -t ] && [ "$3" = -n ] || exit 1
+shift 3
+exec "$@"
+"""
+
+
+class _Admin:
+    """Stands in for Caddy's admin API: records POST /load bodies, answers ``status``."""
+
+    def __init__(self, status: int = 200, body: bytes = b"") -> None:
+        import http.server
+        import threading
+
+        admin = self
+        self.loads: list[bytes] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                admin.loads.append(data)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"localhost:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def admin_runner(tmp_path: Path):
+    """A runner whose host has nsenter (a fake that runs the command in place) and python3;
+    the proxy's pid is this test process, whose cgroup file names no container."""
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_CONTAINER=f"running caddy img {os.getpid()}:{'c' * 64}")
+    nsenter = tmp_path / "bin" / "nsenter"
+    nsenter.write_text(FAKE_NSENTER)
+    nsenter.chmod(0o755)
+    # the cgroup check must pass for the hint to be used: make the "container id" one this pid's file names
+    cgroup = Path(f"/proc/{os.getpid()}/cgroup").read_text()
+    runner.cid = next(iter(re.findall(r"[0-9a-f]{12,64}", cgroup)), None)
+    admins: list[_Admin] = []
+    yield runner, admins
+    for a in admins:
+        a.close()
+
+
+def _nsenter_calls(runner: LocalRunner) -> list[str]:
+    p = Path(str(runner.log) + ".nsenter")
+    return p.read_text().splitlines() if p.exists() else []
+
+
+def test_caddy_switch_posts_the_config_to_the_admin_api(admin_runner) -> None:
+    runner, admins = admin_runner
+    admins.append(admin := _Admin())
+    runner.admin = admin.address
+    runner.env["FAKE_PIDID"] = f"{os.getpid()}:{'d' * 64}"  # what docker says when asked
+    change = asyncio.run(ops.set_route(runner, HOST, API))
+    assert change.via == "admin-api" and change.to_dict()["via"] == "admin-api"
+    assert admin.loads == [render_caddy([WEB, API]).encode()]  # exactly the file that went live
+    assert _files(runner)["caddy.json"] == render_caddy([WEB, API])
+    assert not any(c.startswith("exec ") for c in runner.docker_calls())  # no docker exec
+    assert _nsenter_calls(runner) and _nsenter_calls(runner)[0].startswith(f"-t {os.getpid()} -n python3 -I -S -c ")
+
+
+def test_a_valid_hint_saves_the_docker_lookup(admin_runner) -> None:
+    runner, admins = admin_runner
+    if runner.cid is None:
+        pytest.skip("this process's cgroup path has no hex id to stand for a container id")
+    admins.append(admin := _Admin())
+    runner.admin = admin.address
+    runner.env["FAKE_CONTAINER"] = f"running caddy img {os.getpid()}:{'0' * 64}"
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    snap = status.snapshot
+    snap.handle = f"{os.getpid()}:{runner.cid}"
+    runner.log.unlink()
+    change = asyncio.run(ops.set_route(runner, HOST, API, known=snap))
+    assert change.via == "admin-api" and len(admin.loads) == 1
+    assert runner.docker_calls() == []  # neither an inspect nor an exec
+
+
+def test_ensure_proxy_reads_the_running_proxys_handle(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_CONTAINER=f"running caddy img 4242:{'e' * 64}")
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    assert status.snapshot.handle == f"4242:{'e' * 64}"
+    assert ops._parse_state(HOST, "container exited caddy img 0:" + "e" * 64 + "\n").handle == ""  # not running
+    # no kind label: the fields stay in place
+    assert ops._parse_state(HOST, "container running  img 7:" + "e" * 64 + "\n").container == ("running", "", "img")
+
+
+def test_caddy_refusal_through_the_admin_api_changes_nothing(admin_runner) -> None:
+    runner, admins = admin_runner
+    admins.append(admin := _Admin(400, b'{"error":"loading new config: bad upstream"}'))
+    runner.admin = admin.address
+    runner.env["FAKE_PIDID"] = f"{os.getpid()}:{'d' * 64}"
+    before = _files(runner)
+    with pytest.raises(RemoteError, match="refused the new config; nothing was changed: caddy: .*bad upstream"):
+        asyncio.run(ops.set_route(runner, HOST, API))
+    assert _files(runner) == before
+    assert not any(c.startswith("exec ") for c in runner.docker_calls())  # the verdict came from Caddy
+
+
+@pytest.mark.parametrize("how", ["no answer", "not root", "other status"])
+def test_no_verdict_from_the_admin_api_falls_back_to_docker_exec(admin_runner, how: str) -> None:
+    runner, admins = admin_runner
+    runner.env["FAKE_PIDID"] = f"{os.getpid()}:{'d' * 64}"
+    if how == "no answer":
+        admins.append(admin := _Admin())
+        runner.admin = admin.address
+        admin.close()
+        admins.clear()
+    elif how == "not root":  # nsenter itself fails
+        (tmp := Path(runner.env["FAKE_LOG"]).parent / "bin" / "nsenter").write_text("#!/bin/sh\nexit 1\n")
+        tmp.chmod(0o755)
+    else:
+        admins.append(admin := _Admin(403, b"host not allowed"))
+        runner.admin = admin.address
+    change = asyncio.run(ops.set_route(runner, HOST, API))
+    assert change.via == "docker-exec"
+    assert runner.docker_calls()[-1] == "exec nextdeploy-proxy caddy reload --config /etc/nextdeploy/proxy/.caddy.json.new"
+    assert _files(runner)["caddy.json"] == render_caddy([WEB, API])
