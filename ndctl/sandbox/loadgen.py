@@ -117,7 +117,8 @@ os.rename(os.path.join(d, "result.tmp"), os.path.join(d, "result.json"))
 '''
 
 # Run the script detached, its output in the run directory ($2): values are positional parameters.
-_LAUNCH = 'exec python3 -c "$1" "$3" >"$2/log" 2>&1'
+_LAUNCH = ('if [ -n "$4" ]; then set -- "$1" "$2" "$3" taskset -c "$4"; else set -- "$1" "$2" "$3"; fi; '
+           'a=$1; d=$2; c=$3; shift 3; exec "$@" python3 -c "$a" "$c" >"$d/log" 2>&1')
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class LoadGen:
 
     def __init__(self, host: TestHost, *, target: str = "127.0.0.1", port: int = 80, path: str = "/",
                  expected: Iterable[str] = (), threads: int = 4, think: float = 0.005,
-                 host_header: str | None = None, samples: bool = False, timeout: float = 10.0) -> None:
+                 host_header: str | None = None, samples: bool = False, timeout: float = 10.0,
+                 cpus: str | None = None) -> None:
         if host.container is None:
             raise SandboxError(f"{host.name} is not a container host: the load generator runs inside one")
         self.host = host
@@ -197,6 +199,7 @@ class LoadGen:
         self.cfg = {"host": target, "port": port, "path": path, "threads": threads, "think": think,
                     "expected": sorted(expected), "host_header": host_header, "samples": samples,
                     "timeout": timeout, "dir": self.dir}
+        self.cpus = cpus  # taskset's list: keep the generator off the CPUs a benchmark measures on
         self.started = False
         self.result: dict[str, Any] | None = None
         self._samples: list[Sample] | None = None
@@ -209,7 +212,7 @@ class LoadGen:
         self._exec("mkdir", "-m", "0700", self.dir)
         self.started = True
         run([DOCKER, "exec", "-d", self.host.container, "sh", "-c", _LAUNCH, "loadgen", SCRIPT, self.dir,
-             json.dumps(self.cfg)], timeout=60)
+             json.dumps(self.cfg), self.cpus or ""], timeout=60)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._exec("test", "-e", f"{self.dir}/ready", check=False).returncode == 0:
