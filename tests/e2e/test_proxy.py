@@ -334,3 +334,36 @@ def test_upgraded_connection_gets_the_drain_time(env: Env) -> None:
     else:
         # Caddy < 2.7 closes upgraded connections when a config is unloaded (no stream_close_delay).
         assert after < drain - 1.0, after
+
+
+@pytest.mark.parametrize("env", ["caddy"], indirect=True)
+def test_caddy_refusing_a_config_through_its_admin_api_changes_nothing(env: Env) -> None:
+    """The commit script's admin-API path on a real Caddy: a config Caddy cannot load is
+    refused with Caddy's reason (exit INVALID), nothing is written, and the old config serves."""
+    from ndctl.commands import proxy as cmd
+    from ndctl.commands.shell import with_sudo
+
+    env.ensure_proxy()
+    blue = env.start_app("nd-web-0000b1e0", "v1")
+
+    async def route():
+        async with env.runner() as r:
+            await ops.set_route(r, env.host, Route("web", blue, drain_seconds=1))
+
+    async def main():
+        async with env.runner() as r:
+            state = await ops._read(r, env.host)
+            bad = json.dumps({"apps": {"http": {"servers": {"x": {"listen": [":80"],
+                                                                  "routes": [{"handle": [{"handler": "no_such"}]}]}}}}})
+            argv = cmd.commit_argv("caddy", "web", state.listing_hash, None)
+            return await r.run(env.host, with_sudo(argv, sudo=env.host.sudo, user=env.host.user), input=bad)
+
+    asyncio.run(route())
+    before = env.th.exec("cat", f"{PROXY_DIR}/caddy.json").stdout
+    res = asyncio.run(main())
+    assert res.exit_code == cmd.INVALID, res
+    assert "caddy:" in res.stderr and "no_such" in res.stderr, res.stderr
+    assert "reloaded" not in res.stdout  # the docker exec fallback did not run
+    assert env.th.exec("cat", f"{PROXY_DIR}/caddy.json").stdout == before
+    assert env.th.exec("test", "-f", f"{PROXY_DIR}/routes/web.json", check=False).returncode == 0  # route kept
+    assert env.get("/") == "200 v1"
