@@ -20,7 +20,7 @@ from typing import Any
 from ndctl.core.errors import SelectorError, UsageError
 from ndctl.core.selectors import parse_selector
 from ndctl.core.yamlio import YamlSyntaxError, load_roundtrip
-from ndctl.core.health import HealthCheck, cross_check, parse_expect
+from ndctl.core.health import HealthCheck, cross_check, format_duration, parse_expect
 
 DEFAULT_FILENAME = "nextdeploy.yaml"
 STRATEGIES = ("blue-green", "recreate")
@@ -83,17 +83,6 @@ def parse_duration(value: Any, what: str = "duration") -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{what}: must be a non-negative duration, not {value!r}")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest exact spelling: 300 -> ``5m``, 1.5 -> ``1500ms``, 90 -> ``90s``."""
-    if seconds == int(seconds):
-        s = int(seconds)
-        for unit, size in (("h", 3600), ("m", 60)):
-            if s and s % size == 0:
-                return f"{s // size}{unit}"
-        return f"{s}s"
-    return f"{round(seconds * 1000)}ms"
 
 
 def parse_status(value: Any) -> tuple[tuple[int, int], ...]:

@@ -61,8 +61,15 @@ def format_expect(ranges: tuple[tuple[int, int], ...]) -> str:
     return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
 
 
-def _fmt(seconds: float) -> str:
-    return f"{seconds:g}s"
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling: 300 -> ``5m``, 1.5 -> ``1500ms``, 90 -> ``90s``."""
+    if seconds == int(seconds):
+        s = int(seconds)
+        for unit, size in (("h", 3600), ("m", 60)):
+            if s and s % size == 0:
+                return f"{s // size}{unit}"
+        return f"{s}s"
+    return f"{round(seconds * 1000)}ms"
 
 
 def cross_check(*, interval: float, timeout: float, successes: int, start_period: float,
@@ -72,13 +79,13 @@ def cross_check(*, interval: float, timeout: float, successes: int, start_period
     One rule set for ``nextdeploy.yaml`` (which adds line numbers) and the type itself.
     """
     if timeout > deadline:
-        return "timeout", f"per-probe timeout {_fmt(timeout)} is longer than the deadline {_fmt(deadline)}"
+        return "timeout", f"per-probe timeout {format_duration(timeout)} is longer than the deadline {format_duration(deadline)}"
     if start_period >= deadline:
-        return "start_period", (f"{_fmt(start_period)} is not shorter than the deadline {_fmt(deadline)}: "
+        return "start_period", (f"{format_duration(start_period)} is not shorter than the deadline {format_duration(deadline)}: "
                                 "the check could only ever fail")
     if (successes - 1) * interval >= deadline:
-        return "deadline", (f"{_fmt(deadline)} leaves no time for {successes} consecutive successes "
-                            f"{_fmt(interval)} apart")
+        return "deadline", (f"{format_duration(deadline)} leaves no time for {successes} consecutive successes "
+                            f"{format_duration(interval)} apart")
     return None
 
 

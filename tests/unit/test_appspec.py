@@ -282,7 +282,7 @@ def test_one_health_check_type_from_the_file_to_the_probe() -> None:
 
 
 def test_start_period_must_leave_time_before_the_deadline() -> None:
-    with pytest.raises(AppSpecError, match=r"health_check.start_period: 60s is not shorter than the deadline 60s"):
+    with pytest.raises(AppSpecError, match=r"health_check.start_period: 1m is not shorter than the deadline 1m"):
         parse_appspec("app: web\nimage: x:1\nport: 80\nhealth_check: {start_period: 60s}\n")
     # a start period does not delay the successes (Docker's semantics): this fits
     spec = parse_appspec("app: web\nimage: x:1\nport: 80\nhealth_check: {start_period: 50s, successes: 3, "
