@@ -212,10 +212,12 @@ class HistoryRecord:
     strategy: str = ""
     container: str = ""
     error: str = ""
+    secrets: tuple[str, ...] = ()  # names of the secrets the release ran with (never values)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> HistoryRecord:
         dur = d.get("duration")
+        names = d.get("secrets")
         return cls(
             deploy_id=str(d.get("deploy_id") or ""), app=str(d.get("app") or ""),
             version=str(d.get("version") or ""), image=str(d.get("image") or ""),
@@ -225,6 +227,7 @@ class HistoryRecord:
             duration=float(dur) if isinstance(dur, (int, float)) and not isinstance(dur, bool) else None,
             strategy=str(d.get("strategy") or ""), container=str(d.get("container") or ""),
             error=str(d.get("error") or ""),
+            secrets=tuple(n for n in names if isinstance(n, str) and n) if isinstance(names, list) else (),
         )
 
     def release(self, app: str) -> str:
@@ -338,6 +341,7 @@ class Step:
     lines: int | None = None
     result: str | None = None
     check: HealthCheck | None = None
+    secrets: tuple[str, ...] = ()  # START: the secrets green runs with, when not the spec's
     why: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -350,6 +354,8 @@ class Step:
             out["containers"] = list(self.containers)
         if self.image_ids:
             out["image_ids"] = list(self.image_ids)
+        if self.secrets:
+            out["secrets"] = list(self.secrets)
         if self.why:
             out["why"] = self.why
         return out
@@ -372,6 +378,7 @@ class HostPlan:
     notes: tuple[str, ...] = ()
     blocked: str | None = None  # why nothing can run (lock held by another deploy)
     spec: AppSpec | None = field(default=None, compare=False, repr=False)
+    secrets: tuple[str, ...] = ()  # names green runs with; its history record keeps them
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -627,7 +634,8 @@ def plan_deploy(
                                 + (", ".join(f"{c.name} ({c.version})" for c in pruned) or "no container")
                                 + (f" and {len(image_ids)} unused image(s)" if image_ids else "")))
     rollout.append(Step(Action.UNLOCK, deploy_id=deploy_id, why=f"unlock {spec.app}"))
-    return HostPlan(**base, blue=blue, prepare=tuple(prepare), rollout=tuple(rollout), notes=tuple(notes))
+    return HostPlan(**base, blue=blue, prepare=tuple(prepare), rollout=tuple(rollout), notes=tuple(notes),
+                    secrets=tuple(spec.secrets))
 
 
 # --------------------------------------------------------------------------- failures
@@ -755,6 +763,7 @@ class Release:
     exists: bool  # the container is still there (instant switch)
     running: bool
     image_present: bool | None  # None: not asked
+    secrets: tuple[str, ...] = ()  # the names its history record lists
 
     @property
     def state(self) -> str:
@@ -797,7 +806,7 @@ def retained_releases(state: HostState) -> list[Release]:
         out.append(Release(version=c.version if c else r.version, deploy_id=c.deploy_id if c else r.deploy_id,
                            container=name, image=r.image or (c.image if c else ""), image_id=image_id,
                            finished_at=r.finished_at, exists=c is not None, running=bool(c and c.running),
-                           image_present=True if c is not None else present))
+                           image_present=True if c is not None else present, secrets=r.secrets))
     # A retained container whose record fell out of the history tail still counts.
     for c in sorted(state.containers, key=_sort_key, reverse=True):
         if c.name in seen or c.name == serving_name:
@@ -859,6 +868,7 @@ def plan_rollback(
                             why=f"stop {blue.name} ({blue.version}) first (recreate: the app cannot run twice)"))
     if target.exists:
         green = target.container
+        names = target.secrets  # its container was created with them
         c = state.container(green)
         port = (c.port if c else None) or spec.port
         release_id = target.deploy_id
@@ -874,10 +884,13 @@ def plan_rollback(
         port = spec.port
         release_id = deploy_id
         image = target.image_id or target.image
+        # the secrets it ran with (also those named only with --secret back then) and the file's
+        names = tuple(dict.fromkeys((*spec.secrets, *target.secrets)))
         notes.append(f"{target.container} was removed; re-creating {target.version} from image "
-                     f"{image[:19]} with the current nextdeploy.yaml settings")
+                     f"{image[:19]} with the current nextdeploy.yaml settings"
+                     + (f" and its secrets {', '.join(names)} (as last delivered)" if names else ""))
         rollout.append(Step(Action.START, container=green, image=image, version=target.version, deploy_id=deploy_id,
-                            port=port, why=f"re-create {target.version} as {green}"))
+                            port=port, secrets=names, why=f"re-create {target.version} as {green}"))
         rollout.append(Step(Action.HEALTH_CHECK, container=green, port=spec.health_port, check=spec.health_check,
                             why=f"health-check {green}"))
     rollout += [
@@ -892,7 +905,7 @@ def plan_rollback(
                             why=f"stop {blue.name} in {spec.grace:g}s, unless it serves again by then"))
     rollout.append(Step(Action.UNLOCK, deploy_id=deploy_id, why=f"unlock {spec.app}"))
     return HostPlan(**base, image=image, green=green, blue=blue, prepare=tuple(prepare), rollout=tuple(rollout),
-                    notes=tuple(notes))
+                    notes=tuple(notes), secrets=names)
 
 
 # --------------------------------------------------------------------------- rolling
@@ -992,6 +1005,8 @@ def history_record(plan: HostPlan, *, result: str, who: str, started_at: datetim
     }
     if error:
         rec["error"] = error
+    if plan.secrets:
+        rec["secrets"] = list(plan.secrets)
     return rec
 
 

@@ -18,7 +18,7 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
@@ -335,10 +335,12 @@ class Deployer:
                                  or f"exit status {r.exit_code}", r)
             run.image_id = (r.value or {}).get("image_id")  # what the pull brought: history names it
         elif step.action is A.START:
-            await self._must(host, step, docker.run_app(spec, version=step.version or "",
+            # a re-created release runs with the secrets it ran with, even when named only with --secret then
+            app = replace(spec, secrets=step.secrets) if step.secrets else spec
+            await self._must(host, step, docker.run_app(app, version=step.version or "",
                                                        deploy_id=step.deploy_id or "", image=step.image,
                                                        port=step.port,
-                                                       image_command=await self._image_command(host, step)))
+                                                       image_command=await self._image_command(host, step, app)))
         elif step.action is A.START_EXISTING:
             await self._must(host, step, docker.start(step.container or ""))
         elif step.action is A.HEALTH_CHECK:
@@ -394,9 +396,9 @@ class Deployer:
                      drain_seconds=max(1, int(drain or 1)), tls=self.spec.proxy.tls)
 
     # ----- secrets (ndctl.ops.secrets) ----------------------------------------------
-    async def _image_command(self, host: Host, step: dp.Step) -> docker.ImageCommand | None:
+    async def _image_command(self, host: Host, step: dp.Step, app: AppSpec) -> docker.ImageCommand | None:
         """The image's entrypoint and command, which an app with secrets runs behind the wrapper."""
-        if not self.spec.secrets:
+        if not app.secrets:
             return None
         r = await self._must(host, step, docker.image_command(step.image or self.spec.image))
         try:

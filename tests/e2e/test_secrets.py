@@ -218,6 +218,26 @@ def test_deploy_two_secrets_env_and_file_no_leaks_restart_and_reboot(secrets_env
     assert disk.returncode == 1, disk.stdout[:2000]
 
 
+    # ---- a rollback that re-creates a release runs it with the secrets it ran with, also those
+    # named only with --secret (here: every one, the file naming none)
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(spec.read_text().replace("secrets: [DB_PASSWORD]\n", ""))
+    run("deploy", "-f", str(bare), "--secret", "DB_PASSWORD", "--secret", "API_TOKEN", "--version", "v2")
+    first = host.exec("docker", "ps", "-aq", "--filter", f"label=com.nextdeploy.app={APP}",
+                      "--filter", "label=com.nextdeploy.version=v1").stdout.split()
+    assert len(first) == 1
+    host.exec("docker", "rm", "-f", *first)  # gone: the rollback must re-create v1 from its image
+    r = run("rollback", APP, "-f", str(bare), "--to", "v1", "-o", "json")
+    value = json.loads(r.stdout)["hosts"][0]["value"]
+    start = [s for s in value["steps"] if s["action"] == "start"]
+    assert [s.get("secrets") for s in start] == [["DB_PASSWORD", "API_TOKEN"]], value["steps"]
+    c = value["container"]  # v2 still runs, within its grace period
+    env = process_env(host, c)
+    assert (env.get("DB_PASSWORD"), env.get("API_TOKEN")) == (db, token)
+    assert fetch(host, "/cgi-bin/s") == f"env={db} file={token}"
+    history = host.exec("tail", "-n", "1", f"/var/lib/nextdeploy/apps/{APP}/history.jsonl").stdout
+    assert json.loads(history)["secrets"] == ["DB_PASSWORD", "API_TOKEN"] and db not in history
+
 def test_host_key_problems_are_refused_before_anything_is_stored(secrets_env) -> None:
     cli, host, spec = secrets_env
     assert cli("secrets", "init").returncode == 0
@@ -242,3 +262,4 @@ def test_host_key_problems_are_refused_before_anything_is_stored(secrets_env) ->
     finally:
         host.exec("mv", "/usr/bin/age.off", "/usr/bin/age")
     assert r.returncode == ExitStatus.HOST_FAILED and "ndctl agent prepare" in r.stdout + r.stderr
+

@@ -408,6 +408,34 @@ def test_rollback_recreates_from_the_retained_image() -> None:
     assert any("re-creating v1" in n for n in p.notes)
 
 
+def test_secret_names_travel_with_a_release_into_a_re_creating_rollback() -> None:
+    from dataclasses import replace as dc_replace
+
+    # names only: the history record keeps what green ran with, never a value
+    spec = dc_replace(SPEC, secrets=("DB_PASSWORD",))
+    p = dp.plan_deploy(spec, STEADY, version="v3", deploy_id=NEW, now=NOW)
+    rec_ = dp.history_record(p, result="ok", who="alice", started_at=NOW, finished_at=NOW)
+    assert rec_["secrets"] == ["DB_PASSWORD"]
+    assert HistoryRecord.from_dict(rec_).secrets == ("DB_PASSWORD",)
+    assert "secrets" not in dp.history_record(dp.plan_deploy(SPEC, STEADY, version="v3", deploy_id=NEW, now=NOW),
+                                              result="ok", who="a", started_at=NOW, finished_at=NOW)
+    assert HistoryRecord.from_dict({"deploy_id": "x", "secrets": "DB_PASSWORD"}).secrets == ()  # not a list
+
+    # v1 ran with API_TOKEN given only with --secret; the file now names DB_PASSWORD alone
+    v1 = dc_replace(rec("aaaaaaaa", "v1", 119), secrets=("API_TOKEN",))
+    st = host([V2], cur(V2), [v1, rec("bbbbbbbb", "v2", 59)], lock=OURS, image_ids={"sha256:v1", "sha256:v2"})
+    p = dp.plan_rollback(spec, st, deploy_id=NEW, now=NOW)
+    start = p.steps[0]
+    assert (start.action, start.secrets) == (A.START, ("DB_PASSWORD", "API_TOKEN"))
+    assert start.to_dict()["secrets"] == ["DB_PASSWORD", "API_TOKEN"] and p.secrets == start.secrets
+    assert any("its secrets DB_PASSWORD, API_TOKEN" in n for n in p.notes)
+    # an instant rollback to a container that still exists keeps what it was created with
+    st = host([ctr("aaaaaaaa", "v1", running=True, created=120), V2], cur(V2, switched=1),
+              [v1, rec("bbbbbbbb", "v2", 1)], lock=OURS)
+    p = dp.plan_rollback(spec, st, deploy_id=NEW, now=NOW)
+    assert p.secrets == ("API_TOKEN",) and not any(s.secrets for s in p.steps)
+
+
 def test_rollback_to_a_named_version_and_errors() -> None:
     st = host([V1, V2, ctr("dddddddd", "v3", running=True, created=30)], cur(ctr("dddddddd", "v3", running=True)),
               [rec("aaaaaaaa", "v1", 119), rec("bbbbbbbb", "v2", 59), rec("dddddddd", "v3", 29)], lock=OURS)
