@@ -295,6 +295,8 @@ class Deployer:
                                             version=plan.version if plan else "", deploy_id=step.deploy_id or "")
             run.lock_pending = True
             r = await self._run(host, appstate.acquire_lock(spec.app), input=payload)
+            if r.status is Status.UNREACHABLE:  # the request never reached the host: no lock to free
+                run.lock_pending = False
             deadline = time.monotonic() + self.lock_wait
             while r.exit_code == appstate.LOCK_HELD and time.monotonic() < deadline:
                 # --lock-wait: another deploy holds the app; poll until it is done or we give up
@@ -841,6 +843,9 @@ _BOOKKEEPING = frozenset({dp.Action.WRITE_CURRENT, dp.Action.RECORD, dp.Action.S
 
 
 def _join(a: str, b: str) -> str:
+    """``a; b``, without saying ``b`` twice (a lock left behind is reported by every cleanup that tries it)."""
+    if b and b in a:
+        return a
     return f"{a}; {b}" if a else b
 
 

@@ -674,3 +674,31 @@ def test_shared_ship_failure_reaches_every_waiting_host(monkeypatch) -> None:
         assert all(isinstance(r, NotFoundError) for r in results)
 
     asyncio.run(main())
+
+
+class DownRunner(Runner):
+    """Every host refuses the connection: no command ever starts."""
+
+    def __init__(self) -> None:
+        super().__init__(RunOptions())
+        self.argvs: list[list[str]] = []
+
+    async def run(self, host, argv, *, input=None, timeout=None, on_output=None) -> HostResult:
+        self.argvs.append(list(argv))
+        return HostResult(host.name, Status.UNREACHABLE, None, error="cannot connect: Connection refused")
+
+
+def test_a_lock_request_that_never_reached_the_host_leaves_no_lock_to_report() -> None:
+    runner = DownRunner()
+    d = Deployer(runner, None, SPEC)
+    result, summary = asyncio.run(d.deploy(hosts("h1"), version="v2"))
+    msg = result["h1"].error
+    assert not result.ok and "Connection refused" in msg
+    assert "stays on h1" not in msg  # nothing was locked: no advice to unlock
+    assert not any(a[:4] == ["sh", "-c", a[2], "nd-unlock"] for a in runner.argvs if a[0] == "sh")
+
+
+def test_join_says_each_part_once() -> None:
+    assert ops._join("", "a") == "a" and ops._join("a", "b") == "a; b"
+    left = "the lock of web stays on h1 (held by me); `ndctl deploy status web` shows it"
+    assert ops._join(ops._join("failed", left), left) == f"failed; {left}"
