@@ -124,6 +124,13 @@ def _text(e: BaseException) -> str:
     return f"{e} ({hint})" if hint else str(e)
 
 
+def _never_reached(e: BaseException, run: "HostRun") -> bool:
+    """The host's connection could not be made: the error's command never started, nor did any other."""
+    r = getattr(e, "result", None)
+    return (r is not None and r.status is Status.UNREACHABLE
+            and not any(s.get("ok") for s in run.done))
+
+
 def _lost(e: BaseException) -> bool:
     if isinstance(e, StepFailed):
         return e.lost
@@ -160,6 +167,7 @@ class HostRun:
     rolled_back: dict[str, Any] | None = None
     proxy_snapshot: object = None  # ensure-proxy's reading, for the switch (ops.proxy.set_route known=)
     image_id: str | None = None  # the id of a pulled image (a shipped one's is in the plan already)
+    unreachable: bool = False  # no command ever reached the host (its connection could not be made)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"host": self.host.name, "result": self.result, "switched": self.switched, "message": self.message,
@@ -655,9 +663,10 @@ class Deployer:
                 await self._release_quietly(run, deploy_id)
                 raise
             except NdctlError as e:
-                run.result = dp.RESULT_INTERRUPTED if _lost(e) else dp.RESULT_FAILED
+                run.unreachable = _never_reached(e, run)
+                run.result = dp.RESULT_INTERRUPTED if _lost(e) and not run.unreachable else dp.RESULT_FAILED
                 run.message = _text(e)
-                run.exit_status = e.exit_status
+                run.exit_status = ExitStatus.UNREACHABLE if run.unreachable else e.exit_status
                 self.on_event(h.name, "failed", run.message)
                 await self._release_quietly(run, deploy_id)
             finally:
@@ -776,7 +785,8 @@ class Deployer:
             ok = run.result == dp.RESULT_OK and run.rolled_back is None
             if run.rolled_back is not None and run.rolled_back.get("result") == dp.RESULT_OK:
                 run.result = "rolled-back"
-            results.append(HostResult(h.name, Status.OK if ok else Status.FAILED, 0 if ok else 1,
+            status = Status.OK if ok else (Status.UNREACHABLE if run.unreachable else Status.FAILED)
+            results.append(HostResult(h.name, status, 0 if ok else 1,
                                       error=None if ok else (run.message or run.result), value=run.to_dict(),
                                       exit_status=None if ok else run.exit_status))
         summary = {"app": self.spec.app, "version": version, "deploy_id": deploy_id, **rollout.summary(),

@@ -695,6 +695,9 @@ def test_a_lock_request_that_never_reached_the_host_leaves_no_lock_to_report() -
     msg = result["h1"].error
     assert not result.ok and "Connection refused" in msg
     assert "stays on h1" not in msg  # nothing was locked: no advice to unlock
+    # counted as unreachable, not as a failed deploy (exit 4, as for every other command)
+    assert result["h1"].status is Status.UNREACHABLE and result.exit_status() is ExitStatus.UNREACHABLE
+    assert result["h1"].value["result"] == "failed" and summary["failed"] == ["h1"]
     assert not any(a[:4] == ["sh", "-c", a[2], "nd-unlock"] for a in runner.argvs if a[0] == "sh")
 
 
