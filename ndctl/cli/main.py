@@ -11,7 +11,7 @@ from ndctl import __version__
 from ndctl.cli import output
 from ndctl.core.errors import ExitStatus, GroupError, NdctlError
 
-app = typer.Typer(
+_app = typer.Typer(
     name="ndctl",
     help="NextDeploy: deploy and operate a fleet of Docker hosts over plain SSH.",
     no_args_is_help=True,
@@ -34,7 +34,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@_app.callback()
 def main(
     inventory: Optional[Path] = typer.Option(
         None, "--inventory", "-i", envvar="NDCTL_INVENTORY",
@@ -48,26 +48,48 @@ def main(
 # Each CLI module adds its commands with ``register(app)``; one list, so adding a
 # command module never means editing another's code.
 COMMAND_MODULES = ("agent", "exec_cmd", "sandbox", "run_cmd", "play", "deploy", "logs", "secrets", "dashboard")
+#: the modules that register each top-level command: running one imports only those
+#: (a cron job's `ndctl deploy` need not load the dashboard); anything else loads all.
+COMMANDS = {"agent": ("agent", "play"), "exec": ("exec_cmd",), "sandbox": ("sandbox",), "run": ("run_cmd",),
+            "play": ("play",), "deploy": ("deploy",), "rollback": ("deploy",), "logs": ("logs",),
+            "secrets": ("secrets",), "dashboard": ("dashboard",)}
+_registered: set[str] = set()
 
 
-def _register_commands() -> None:
+def register_commands(modules: tuple[str, ...] | None = None) -> typer.Typer:
+    """Register ``modules`` (every one when None) on the app, once each; returns the app."""
     import importlib
 
-    for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"ndctl.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"ndctl.cli.{name}":
-                continue  # not written yet
-            raise
-        mod.register(app)
+    for name in COMMAND_MODULES if modules is None else modules:
+        if name in _registered:
+            continue
+        _registered.add(name)
+        importlib.import_module(f"ndctl.cli.{name}").register(_app)
+    return _app
 
 
-_register_commands()
+def modules_for(argv: list[str]) -> tuple[str, ...] | None:
+    """The modules the command in ``argv`` needs, None (all) when it names none or an unknown one."""
+    args = iter(argv)
+    for a in args:
+        if a in ("-i", "--inventory"):
+            next(args, None)
+        elif a == "--":
+            return None
+        elif not a.startswith("-"):
+            return COMMANDS.get(a)
+    return None
+
+
+def __getattr__(name: str) -> object:
+    if name == "app":  # the whole CLI, for tests and tools that inspect it
+        return register_commands()
+    raise AttributeError(name)
 
 
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry: the single place exceptions turn into exit statuses."""
+    app = register_commands(modules_for(sys.argv[1:] if argv is None else list(argv)))
     try:
         rv = app(args=argv, prog_name="ndctl", standalone_mode=False)
     except GroupError as e:

@@ -739,9 +739,10 @@ def test_package_and_service_names_refuse_shell_syntax_by_name(value: str) -> No
             step = one(action, **params)
         except UsageError as e:
             assert repr(value) in str(e)
-        else:  # accepted: then it needs no quoting at all
+        else:  # accepted: then each name needs no quoting at all (`a|b`: alternatives, split on the host)
             words = step.params["packages"]["apt"] if action == "package" else [step.params["name"]]
-            assert all(shlex.quote(w) == w and not w.startswith("-") for w in words)
+            names = [n for w in words for n in (w.split("|") if action == "package" else [w])]
+            assert all(shlex.quote(n) == n and not n.startswith("-") for n in names)
 
 
 # ---------------------------------------------------------------------------

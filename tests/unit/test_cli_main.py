@@ -1,0 +1,41 @@
+"""The entry point imports only the command modules the command line needs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import typer.main
+
+from ndctl.cli import main
+
+
+def test_the_command_map_names_every_top_level_command() -> None:
+    registered = set(typer.main.get_command(main.app).commands)  # `app`: every module registered
+    assert set(main.COMMANDS) == registered
+    assert {m for mods in main.COMMANDS.values() for m in mods} == set(main.COMMAND_MODULES)
+
+
+@pytest.mark.parametrize("argv,modules", [
+    (["deploy", "status", "web"], ("deploy",)),
+    (["-i", "inv.yaml", "rollback", "web"], ("deploy",)),
+    (["--inventory", "agent", "agent", "list"], ("agent", "play")),  # the option's value is not the command
+    (["--inventory=x.yaml", "logs", "web"], ("logs",)),
+    (["--help"], None), ([], None), (["deplyo"], None), (["--", "deploy"], None),
+])
+def test_modules_for(argv: list[str], modules) -> None:
+    assert main.modules_for(argv) == modules
+
+
+@pytest.mark.parametrize("command", sorted(main.COMMANDS))
+def test_each_command_works_with_only_its_modules(command: str) -> None:
+    code = ("import sys, typer.main; from ndctl.cli import main; "
+            "main.register_commands(main.modules_for(sys.argv[1:])); "
+            "print(sorted(typer.main.get_command(main._app).commands)); "
+            "print(sorted(m for m in sys.modules if m.startswith('ndctl.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code, command], capture_output=True, text=True, check=True).stdout
+    commands, modules = out.splitlines()
+    assert repr(command) in commands
+    assert "'ndctl.cli.dashboard'" not in modules or command == "dashboard"  # the TUI is never loaded for others
+    r = subprocess.run([sys.executable, "-m", "ndctl", command, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "Usage: ndctl " + command in r.stdout, r.stdout + r.stderr
