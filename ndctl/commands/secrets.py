@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from ndctl.commands.appstate import _app  # the one app-name check of the host commands
 from ndctl.core.secretstore import SECRET_NAME_RE
 
 Argv = list[str]
@@ -41,7 +42,6 @@ NO_HOST_KEY = 78  # EX_CONFIG
 KEY_CHANGED = 77  # EX_NOPERM
 UNSEAL_FAILED = 65  # EX_DATAERR
 
-_APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _WHO_RE = re.compile(r"[^A-Za-z0-9@._+-]")
 
 # The container's entrypoint (a file on the host, bind-mounted read-only): each
@@ -146,12 +146,6 @@ _INSTALL = (
     'elif [ -d /etc/cron.d ]; then put ' + CRON + ' "$4" 0644; echo "boot: cron"; '
     'else echo "boot: none"; fi'
 )
-
-
-def _app(app: str) -> str:
-    if not isinstance(app, str) or not _APP_RE.match(app):
-        raise ValueError(f"invalid app name {app!r}")
-    return app
 
 
 def _secret(name: str) -> str:
