@@ -708,15 +708,19 @@ class Deployer:
             ok = run.result == dp.RESULT_OK
             return HostResult(h.name, Status.OK if ok else Status.FAILED, error=None if ok else run.message)
 
-        async def settle() -> None:
-            """Wait for the hosts still finishing after their switch (shielded: they unlock)."""
-            while tails:
-                pending = list(tails)
-                tails.clear()
-                await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
+        async def settle(*, cut: bool = False) -> None:
+            """Wait for the hosts still finishing after their switch (shielded: they unlock).
+            ``cut``: interrupt their bookkeeping first (Ctrl-C while they were waited for); each
+            still unlocks, as a host interrupted during its bookkeeping always has."""
+            if cut:
+                for t in tails:
+                    t.cancel()
+            if tails:
+                await asyncio.shield(asyncio.gather(*tails, return_exceptions=True))
 
         shipper = self._shipper = _SharedShip(self.runner, spec.image)
         tails: list[asyncio.Future[None]] = []
+        settling = False  # waiting for the last hosts' bookkeeping
         try:
             prep = await self.runner.fan_out(hosts, begin)
             if not prep.ok:
@@ -727,6 +731,7 @@ class Deployer:
                         rollout.record(r.host, dp.HostOutcome(run.result, False, run.message))
             while (batch := rollout.next_batch()) is not None:
                 await self.runner.fan_out([by_name[n] for n in batch], roll)
+            settling = True
             await settle()
             back = rollout.to_roll_back()
             if back:
@@ -735,7 +740,8 @@ class Deployer:
             interrupted = True
             raise
         finally:
-            await settle()
+            # Interrupted earlier (a later batch), the switched hosts' short bookkeeping completes.
+            await settle(cut=interrupted and settling)
             # Hosts never reached (a failed or interrupted earlier batch) still hold this deploy's lock.
             for name in rollout.untouched:
                 run = runs[name]
@@ -849,7 +855,7 @@ class _SharedShip:
 
 
 #: after the switch, independent of each other (not of the switch, nor of the unlock that follows)
-_BOOKKEEPING = frozenset({dp.Action.WRITE_CURRENT, dp.Action.RECORD, dp.Action.SCHEDULE_STOP, dp.Action.PRUNE})
+_BOOKKEEPING = dp.AFTER_SWITCH - {dp.Action.UNLOCK}
 
 
 def _join(a: str, b: str) -> str:
