@@ -20,7 +20,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
-from ndctl.commands.shell import user_command, with_sudo
+from ndctl.commands.shell import for_host, user_command
 from ndctl.core.inventory import Host, Inventory
 from ndctl.core.selectors import select
 from ndctl.core.results import GroupResult, HostResult, Status
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _argv(command: Command, host: Host) -> list[str]:
     words = [command] if isinstance(command, str) else list(command)
-    return with_sudo(user_command(words), sudo=host.sudo, user=host.user)
+    return for_host(user_command(words), host)
 
 
 class FleetSession:

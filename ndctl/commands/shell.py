@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import shlex
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from ndctl.core.inventory import Host
 
 Argv = list[str]
 
@@ -28,3 +31,8 @@ def with_sudo(argv: Argv, *, sudo: bool, user: str) -> Argv:
     if not sudo or user == "root":
         return list(argv)
     return ["sudo", "-n", "--", *argv]
+
+
+def for_host(argv: Argv, host: "Host") -> Argv:
+    """``argv`` as ``host`` (an inventory Host) runs it: through sudo when it says so."""
+    return with_sudo(argv, sudo=host.sudo, user=host.user)

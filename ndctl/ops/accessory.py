@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ndctl.commands.docker import LABEL_ROLE, NETWORK, ROLE_ACCESSORY
-from ndctl.commands.shell import with_sudo
+from ndctl.commands.shell import for_host
 from ndctl.core.appspec import Volume
 from ndctl.core.appspec import parse_volume as _parse_volume
 from ndctl.core.errors import ConflictError, UsageError
@@ -340,7 +340,7 @@ def plan(spec: AccessorySpec, image_id: str, doc: dict[str, Any] | None, *, repl
 # ---------------------------------------------------------------------------
 
 def _sudo(host: Host, argv: list[str]) -> list[str]:
-    return with_sudo(argv, sudo=host.sudo, user=host.user)
+    return for_host(argv, host)
 
 
 async def _image_ids(runner: Runner, hosts: Sequence[Host], spec: AccessorySpec, *, ship: bool,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ndctl.commands.helper import purge_argv
-from ndctl.commands.shell import with_sudo
+from ndctl.commands.shell import for_host
 from ndctl.core import knownhosts
 from ndctl.core.autotags import compute_auto_tags
 from ndctl.core.cache import AgentCache, Cache
@@ -136,8 +136,7 @@ async def register(
             raise RemoteError(f"gathering facts on {name} failed: {detail}", result)
         ed25519 = key_line(presented) if presented.get_algorithm() == "ssh-ed25519" else None
         if ed25519 is None:
-            r = await runner.run(host, with_sudo(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"],
-                                                 sudo=host.sudo, user=host.user))
+            r = await runner.run(host, for_host(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"], host))
             if r.ok and r.stdout.startswith("ssh-ed25519 "):
                 ed25519 = " ".join(r.stdout.split()[:2])
             else:
@@ -195,7 +194,7 @@ async def refresh(inv: Inventory, hosts: list[Host], opts: RunOptions, *,
 
 async def purge(inv: Inventory, host: Host, opts: RunOptions) -> HostResult:
     async with Runner(opts) as runner:
-        return await runner.run(host, with_sudo(purge_argv(inv.settings.helper_dir), sudo=host.sudo, user=host.user))
+        return await runner.run(host, for_host(purge_argv(inv.settings.helper_dir), host))
 
 
 def remove(inv_path: Path | str | None, ref: str) -> Host:

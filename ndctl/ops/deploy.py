@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from ndctl.commands import appstate, docker
 from ndctl.commands import secrets as secrets_cmds
-from ndctl.commands.shell import with_sudo
+from ndctl.commands.shell import for_host
 from ndctl.core import deployplan as dp
 from ndctl.core.appspec import AppSpec
 from ndctl.core.errors import ExitStatus, NdctlError, NotFoundError, RemoteError, UsageError
@@ -207,7 +207,7 @@ class Deployer:
     # ----- plumbing ------------------------------------------------------------
     async def _run(self, host: Host, argv: list[str], *, input: str | bytes | None = None,
                    timeout: float | None = 300) -> HostResult:
-        return await self.runner.run(host, with_sudo(argv, sudo=host.sudo, user=host.user), input=input,
+        return await self.runner.run(host, for_host(argv, host), input=input,
                                      timeout=timeout)
 
     async def _must(self, host: Host, step: dp.Step, argv: list[str], **kw: Any) -> HostResult:
@@ -869,7 +869,7 @@ def _join(a: str, b: str) -> str:
 async def force_unlock(runner: Runner, hosts: Sequence[Host], app: str) -> GroupResult:
     """Release the app's lock whoever holds it; ``value``: the holder's LockInfo, None when it was free."""
     async def one(h: Host) -> HostResult:
-        r = await runner.run(h, with_sudo(appstate.read_lock(app), sudo=h.sudo, user=h.user))
+        r = await runner.run(h, for_host(appstate.read_lock(app), h))
         if not r.ok:
             return r
         held = r.stdout.strip()
@@ -880,8 +880,7 @@ async def force_unlock(runner: Runner, hosts: Sequence[Host], app: str) -> Group
             except ValueError:
                 doc = {}
             info = dp.LockInfo.from_dict(doc if isinstance(doc, dict) else {})
-        rel = await runner.run(h, with_sudo(appstate.release_lock(app, "00000000", force=True), sudo=h.sudo,
-                                            user=h.user))
+        rel = await runner.run(h, for_host(appstate.release_lock(app, "00000000", force=True), h))
         if rel.ok:
             rel.value = info if rel.stdout.strip() == "released" else None
         return rel
@@ -893,7 +892,7 @@ async def force_unlock(runner: Runner, hosts: Sequence[Host], app: str) -> Group
 async def serving_container(runner: Runner, host: Host, app: str) -> HostResult:
     """``value``: the container the app's traffic goes to on ``host`` (the proxy route's, else
     current.json's), None when the app is not deployed there."""
-    r = await runner.run(host, with_sudo(appstate.read_state(app, history_tail=1), sudo=host.sudo, user=host.user))
+    r = await runner.run(host, for_host(appstate.read_state(app, history_tail=1), host))
     if r.status is Status.UNREACHABLE:
         return r
     if not r.ok:
@@ -935,7 +934,7 @@ async def exec_in_app(runner: Runner, hosts: Sequence[Host], app: str, words: Se
             return HostResult(h.name, pre.status, pre.exit_code, "", "", pre.duration, error=pre.error,
                               exit_status=pre.exit_status)
         argv = docker.exec_in(serving[h.name], command)
-        return await runner.run(h, with_sudo(argv, sudo=h.sudo, user=h.user), on_output=on_output, timeout=timeout)
+        return await runner.run(h, for_host(argv, h), on_output=on_output, timeout=timeout)
 
     result = await runner.fan_out([by_name[n] for n in by_name if n not in missing], one)
     return result, missing

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from ndctl.commands.helper import MISSING, NO_PYTHON, run_argv, upload_argv
-from ndctl.commands.shell import with_sudo
+from ndctl.commands.shell import for_host
 from ndctl.core.errors import RemoteError
 from ndctl.core.facts import parse_facts, parse_metrics
 from ndctl.core.inventory import Host
@@ -16,11 +16,11 @@ from ndctl.transport.ssh import Runner
 async def run_helper(runner: Runner, host: Host, args: Sequence[str], *, helper_dir: str,
                      parse: Callable[[str], Any] | None = None, timeout: float | None = None) -> HostResult:
     digest = helper_hash()
-    r = await runner.run(host, with_sudo(run_argv(helper_dir, digest, args), sudo=host.sudo, user=host.user),
+    r = await runner.run(host, for_host(run_argv(helper_dir, digest, args), host),
                          timeout=timeout)
     if r.exit_code == MISSING:
         first = r.duration
-        r = await runner.run(host, with_sudo(upload_argv(helper_dir, digest, len(helper_source()), args), sudo=host.sudo, user=host.user),
+        r = await runner.run(host, for_host(upload_argv(helper_dir, digest, len(helper_source()), args), host),
                              input=helper_source(), timeout=timeout)
         r.duration += first
     if r.status is Status.UNREACHABLE:

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ndctl.commands.shell import with_sudo
+from ndctl.commands.shell import for_host
 from ndctl.core.errors import NotFoundError, UsageError
 from ndctl.core.inventory import Host
 from ndctl.core.results import GroupResult, HostResult, Status
@@ -247,7 +247,7 @@ async def local_image_id(image: str) -> str:
 # ---------------------------------------------------------------------------
 
 def _sudo(host: Host, argv: list[str]) -> list[str]:
-    return with_sudo(argv, sudo=host.sudo, user=host.user)
+    return for_host(argv, host)
 
 
 async def host_image_id(runner: Runner, host: Host, image: str, timeout: float | None = 60) -> HostResult:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ndctl.commands import docker
-from ndctl.commands.shell import with_sudo
+from ndctl.commands.shell import for_host
 from ndctl.core.inventory import Host
 from ndctl.core.results import GroupResult, HostResult, Status
 from ndctl.transport.ssh import Runner
@@ -21,7 +21,7 @@ def parse_containers(text: str) -> list[dict]:
 
 
 async def app_containers(runner: Runner, host: Host, app: str) -> tuple[HostResult, list[dict]]:
-    r = await runner.run(host, with_sudo(docker.list_app_containers(app), sudo=host.sudo, user=host.user))
+    r = await runner.run(host, for_host(docker.list_app_containers(app), host))
     if not r.ok:
         return r, []
     try:
@@ -62,7 +62,7 @@ async def stream_logs(runner: Runner, hosts: list[Host], app: str, on_line: Line
                 argv = docker.logs(name, follow=follow, since=start_since,
                                    tail=tail if first else None, timestamps=timestamps)
                 followed[name] = asyncio.create_task(runner.run(
-                    h, with_sudo(argv, sudo=h.sudo, user=h.user),
+                    h, for_host(argv, h),
                     on_output=lambda _h, stream, line, v=version: on_line(h.name, v, stream, line)))
             first = False
             if not follow:

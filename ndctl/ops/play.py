@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ndctl.commands.helper import NO_PYTHON
-from ndctl.commands.shell import with_sudo
+from ndctl.commands.shell import for_host
 from ndctl.core.inventory import Host
 from ndctl.core.playbook import (
     CHECK_CHANGE,
@@ -109,7 +109,7 @@ async def _run_step(runner: Runner, host: Host, step: Step, *, check: bool,
                     pkg_manager: str | None) -> tuple[StepResult, HostResult | None]:
     async def run(phase: str) -> HostResult:
         script = render_step(step, phase, pkg_manager=pkg_manager)
-        return await runner.run(host, with_sudo(script.argv, sudo=host.sudo, user=host.user),
+        return await runner.run(host, for_host(script.argv, host),
                                 input=script.input, timeout=step.timeout)
 
     def failed(phase: str, r: HostResult, why: str) -> tuple[StepResult, HostResult]:

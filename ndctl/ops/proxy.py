@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ndctl.commands import proxy as cmd
-from ndctl.commands.shell import with_sudo
+from ndctl.commands.shell import for_host
 from ndctl.core.errors import ConflictError, RemoteError
 from ndctl.core.inventory import Host
 from ndctl.core.proxy import (
@@ -92,7 +92,7 @@ def _check(host: Host, r: HostResult, what: str) -> HostResult:
 
 async def _run(runner: Runner, host: Host, argv: list[str], what: str, *, input: str | None = None,
                check: bool = True, timeout: float | None = 120) -> HostResult:
-    r = await runner.run(host, with_sudo(argv, sudo=host.sudo, user=host.user), input=input, timeout=timeout)
+    r = await runner.run(host, for_host(argv, host), input=input, timeout=timeout)
     return _check(host, r, what) if check else r
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 from ndctl import identity
 from ndctl.commands import secrets as host_cmds
 from ndctl.commands.appstate import operator
-from ndctl.commands.shell import with_sudo
+from ndctl.commands.shell import for_host
 from ndctl.core.access import AccessPolicy, authorize
 from ndctl.core.errors import AuthError, HostKeyError, RemoteError, UsageError
 from ndctl.core.inventory import Host, Inventory, locked
@@ -265,7 +265,7 @@ async def deliver(runner: Any, d: HostDelivery, app: str, *, who: str) -> str:
     h = d.host
 
     async def run(argv: list[str], input: str | bytes | None = None) -> HostResult:
-        return await runner.run(h, with_sudo(argv, sudo=h.sudo, user=h.user), input=input, timeout=120)
+        return await runner.run(h, for_host(argv, h), input=input, timeout=120)
 
     r = await run(host_cmds.install_support())
     if not r.ok:
@@ -295,8 +295,7 @@ async def host_audit(runner: Any, hosts: Sequence[Host]) -> tuple[list[AuditReco
     """Every host's audit records, and the names of hosts that could not be read."""
     from ndctl.core.secretstore import parse_audit
 
-    res = await runner.fan_out(hosts, lambda h: runner.run(h, with_sudo(host_cmds.read_audit(), sudo=h.sudo,
-                                                                            user=h.user)))
+    res = await runner.fan_out(hosts, lambda h: runner.run(h, for_host(host_cmds.read_audit(), h)))
     recs, bad = [], []
     for r in res:
         if r.ok:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from ndctl.commands import appstate
-from ndctl.commands.shell import user_command, with_sudo
+from ndctl.commands.shell import for_host, user_command
 from ndctl.core import deployplan as dp
 from ndctl.core.cache import Cache
 from ndctl.core.errors import NoHostsMatched
@@ -103,7 +103,7 @@ class DeployView:
 
 def exec_plan(hosts: Sequence[Host], command: str) -> Plan:
     """The bulk-exec plan: the argv ``ndctl exec -- COMMAND`` would run on each host."""
-    cmds = tuple(PlannedCommand(h.name, tuple(with_sudo(user_command([command]), sudo=h.sudo, user=h.user)))
+    cmds = tuple(PlannedCommand(h.name, tuple(for_host(user_command([command]), h)))
                  for h in hosts)
     lines = tuple(f"{c.host}: {c.line}" for c in cmds)
     return Plan(f"Run on {len(cmds)} host(s)", lines, tuple(c.host for c in cmds), cmds, {"command": command})
@@ -280,7 +280,7 @@ class FleetBackend:
     async def apps(self) -> list[str]:
         runner = self.runner
         group = await runner.fan_out(self.hosts(), lambda h: runner.run(
-            h, with_sudo(appstate.list_apps(), sudo=h.sudo, user=h.user)))
+            h, for_host(appstate.list_apps(), h)))
         found = {line.strip() for r in group if r.ok for line in r.stdout.splitlines()}
         found = {a for a in found if appstate._APP_RE.match(a)}  # a stray directory name is not an app
         if self.spec_file is not None and self.spec_file.exists():

@@ -341,7 +341,7 @@ def test_caddy_refusing_a_config_through_its_admin_api_changes_nothing(env: Env)
     """The commit script's admin-API path on a real Caddy: a config Caddy cannot load is
     refused with Caddy's reason (exit INVALID), nothing is written, and the old config serves."""
     from ndctl.commands import proxy as cmd
-    from ndctl.commands.shell import with_sudo
+    from ndctl.commands.shell import for_host
 
     env.ensure_proxy()
     blue = env.start_app("nd-web-0000b1e0", "v1")
@@ -356,7 +356,7 @@ def test_caddy_refusing_a_config_through_its_admin_api_changes_nothing(env: Env)
             bad = json.dumps({"apps": {"http": {"servers": {"x": {"listen": [":80"],
                                                                   "routes": [{"handle": [{"handler": "no_such"}]}]}}}}})
             argv = cmd.commit_argv("caddy", "web", state.listing_hash, None)
-            return await r.run(env.host, with_sudo(argv, sudo=env.host.sudo, user=env.host.user), input=bad)
+            return await r.run(env.host, for_host(argv, env.host), input=bad)
 
     asyncio.run(route())
     before = env.th.exec("cat", f"{PROXY_DIR}/caddy.json").stdout

@@ -30,6 +30,14 @@ def test_with_sudo(sudo: bool, user: str, expected: list[str]) -> None:
     assert shell.with_sudo(["true"], sudo=sudo, user=user) == expected
 
 
+def test_for_host_follows_the_hosts_sudo_and_user() -> None:
+    from ndctl.core.inventory import Host
+
+    assert shell.for_host(["true"], Host("h", "10.0.0.1", user="deploy", sudo=True)) == ["sudo", "-n", "--", "true"]
+    assert shell.for_host(["true"], Host("h", "10.0.0.1", user="root", sudo=True)) == ["true"]
+    assert shell.for_host(["true"], Host("h", "10.0.0.1", user="deploy")) == ["true"]
+
+
 def test_helper_run_argv_passes_values_as_positional_parameters() -> None:
     argv = helper.run_argv("/var/lib/nextdeploy", "abc123", ["facts"])
     assert argv[:2] == ["sh", "-c"]
