@@ -153,7 +153,8 @@ _WRITE_CURRENT = (
 _READ_CURRENT = 'f="$1/apps/$2/current.json"; [ -f "$f" ] || exit 0; exec cat "$f"'
 
 # Everything a deploy, status or rollback plan needs from the files, in one round
-# trip: lines "lock JSON", "current JSON", "route JSON", "history JSON".
+# trip: lines "lock JSON", "current JSON", "route JSON", "live JSON" (Caddy's live marker:
+# what the proxy serves, should a crash have left the route file behind), "history JSON".
 _READ_STATE = (
     _HISTORY_FILES + 'a="$1/apps/$2"; '
     'p() { while IFS= read -r x || [ -n "$x" ]; do [ -z "$x" ] || printf "%s %s\\n" "$1" "$x"; done; }; '
@@ -161,6 +162,7 @@ _READ_STATE = (
     'else echo "lock {}"; fi; fi; '
     '[ ! -f "$a/current.json" ] || p current < "$a/current.json"; '
     '[ ! -f "$1/proxy/routes/$2.json" ] || p route < "$1/proxy/routes/$2.json"; '
+    'for f in "$1/proxy/live/$2"/*:*; do [ -e "$f" ] && printf \'live {"upstream":"%s"}\\n\' "${f##*/}" && break; done; '
     'hist "$a" | tail -n "$3" | p history; exit 0'
 )
 
@@ -254,15 +256,16 @@ def schedule_stop(app: str, container: str, *, delay: float, timeout: float, bas
 
 
 def parse_state(text: str) -> dict[str, Any]:
-    """The output of :func:`read_state` -> ``{"lock","current","route": dict|None, "history": [dict]}``.
+    """The output of :func:`read_state` -> ``{"lock","current","route","live": dict|None, "history": [dict]}``.
 
     A line that is not valid JSON (a torn or hand-edited file) is skipped, not fatal:
     history is an audit trail, and one bad line must not block deploys.
     """
-    out: dict[str, Any] = {"lock": None, "current": None, "route": None, "history": [], "bad_lines": 0}
+    out: dict[str, Any] = {"lock": None, "current": None, "route": None, "live": None, "history": [],
+                           "bad_lines": 0}
     for line in text.splitlines():
         kind, _, payload = line.partition(" ")
-        if kind not in ("lock", "current", "route", "history"):
+        if kind not in ("lock", "current", "route", "live", "history"):
             continue
         try:
             obj = json.loads(payload)

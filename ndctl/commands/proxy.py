@@ -21,6 +21,7 @@ from ndctl.core.proxy import (
     PROXY_DIR,
     check_app,
     check_kind,
+    check_upstream,
     config_name,
 )
 
@@ -237,8 +238,26 @@ _CADDY_RELOAD = (
     '  docker exec "$c" caddy reload --config "$cf" >&2 && echo "reloaded docker-exec"; }; '
 )
 
-_COMMIT = _LIST_ROUTES + _CADDY_RELOAD + (
-    'd=$1; kind=$2; app=$3; want=$4; route=$5; c=$6; cd_=$7; hint=$8; load_py=$9; admin=${10}; '
+# Live markers (Caddy): ``live/<app>/<container>:<port>``, an empty file Caddy globs per
+# request. ``mk`` creates a missing one (before a reload that may start reading it); ``flip``
+# renames the app's marker to its new upstream: one rename(2), so every request sees the old
+# or the new one, and the switch reloads nothing. Temporary files stay outside the glob's reach.
+_MARKERS = (
+    'cur_live() { for f in "$d/live/$1"/*:*; do [ -e "$f" ] && { echo "${f##*/}"; return 0; }; done; }; '
+    'mk() { [ -n "$(cur_live "$1")" ] && return 0; mkdir -p -m 0755 "$d/live/$1" || return 1; '
+    '  t="$d/live/.$1.new"; : > "$t" && chmod 0644 "$t" && mv -f "$t" "$d/live/$1/$2" || return 1; '
+    '  made="$made $1"; }; '
+    'flip() { a=$1; u=$2; cur=$(cur_live "$a"); '
+    '  if [ "$cur" != "$u" ]; then '
+    '    if [ -n "$cur" ]; then mv -f "$d/live/$a/$cur" "$d/live/$a/$u" || return 1; '
+    '    else mk "$a" "$u" || return 1; fi; echo "switched marker"; fi; '
+    '  for f in "$d/live/$a"/* "$d/live/$a"/.[!.]*; do [ -e "$f" ] && [ "${f##*/}" != "$u" ] && rm -f "$f"; done; '
+    '  return 0; }; '
+)
+
+_COMMIT = _LIST_ROUTES + _CADDY_RELOAD + _MARKERS + (
+    'd=$1; kind=$2; app=$3; want=$4; route=$5; c=$6; cd_=$7; hint=$8; load_py=$9; admin=${10}; live=${11}; '
+    'shift 11; made=; '
     'case $kind in caddy) conf=caddy.json;; nginx) conf=nginx.conf;; *) echo "ndctl: bad kind $kind" >&2; exit 2;; esac; '
     'mkdir -p -m 0755 "$d/routes" || exit 1; '
     # Serialise commits of different apps on this host (flock is util-linux on Debian, an applet in busybox).
@@ -249,9 +268,13 @@ _COMMIT = _LIST_ROUTES + _CADDY_RELOAD + (
     'new="$d/.$conf.new"; rf="$d/routes/$app.json"; bak="$d/.$app.json.bak"; '
     'cat > "$new" && chmod 0644 "$new" || { rm -f "$new"; exit 1; }; '
     'if [ "$kind" = caddy ]; then '
+    # The remaining arguments: <app> <container>:<port> for every route the new config reads a marker of.
+    '  while [ $# -ge 2 ]; do mk "$1" "$2" || exit 1; shift 2; done; '
+    '  if cmp -s "$new" "$d/$conf"; then rm -f "$new"; '
     # Caddy's reload is the validation: an invalid config is refused and the old one keeps serving.
-    '  if ! caddy_load "$c" "$hint" "$new" "$cd_/.$conf.new"; then rm -f "$new"; exit 65; fi; '
-    '  mv -f "$new" "$d/$conf" || exit 1; '
+    '  elif ! caddy_load "$c" "$hint" "$new" "$cd_/.$conf.new"; then rm -f "$new"; '
+    '    for a in $made; do rm -rf "$d/live/$a"; done; exit 65; '
+    '  else mv -f "$new" "$d/$conf" || exit 1; fi; '
     'else '
     '  if ! docker exec "$c" nginx -t -q -c "$cd_/.$conf.new" >&2; then rm -f "$new"; exit 65; fi; '
     '  [ -f "$d/$conf" ] && cp -p "$d/$conf" "$d/.$conf.bak"; '
@@ -268,14 +291,18 @@ _COMMIT = _LIST_ROUTES + _CADDY_RELOAD + (
     '    [ -n "$fresh" ] && break; sleep 0.025; i=$((i+1)); done; '
     '  [ -n "$fresh" ] || echo "ndctl: warning: nginx workers did not turn over within 5 s" >&2; '
     'fi; '
+    # The marker before the route file: what serves is what a crash in between leaves recorded.
     'if [ -n "$route" ]; then t="$d/routes/.$app.json.tmp"; '
-    '  printf "%s\\n" "$route" > "$t" && chmod 0644 "$t" && mv -f "$t" "$rf" || { rm -f "$t"; exit 1; }; '
-    'else rm -f "$rf"; fi'
+    '  printf "%s\\n" "$route" > "$t" && chmod 0644 "$t" || { rm -f "$t"; exit 1; }; '
+    '  if [ -n "$live" ]; then flip "$app" "$live" || { rm -f "$t"; exit 1; }; fi; '
+    '  mv -f "$t" "$rf" || { rm -f "$t"; exit 1; }; '
+    'else rm -f "$rf"; rm -rf "$d/live/$app"; fi'
 )
 
 
 def commit_argv(kind: str, app: str, expected: str, route_json: str | None, *, proxy_dir: str = PROXY_DIR,
-                container: str = PROXY_CONTAINER, handle: str = "") -> Argv:
+                container: str = PROXY_CONTAINER, handle: str = "", live: str = "",
+                markers: Sequence[tuple[str, str]] = ()) -> Argv:
     """Apply a rendered config (on stdin) and the app's route file, under the host's proxy lock.
 
     ``expected``: sha256 of the route listing the config was rendered from; if the route
@@ -293,8 +320,28 @@ def commit_argv(kind: str, app: str, expected: str, route_json: str | None, *, p
         raise ValueError("route_json must be one line")
     if handle and not HANDLE_RE.match(handle):
         raise ValueError(f"invalid proxy container handle {handle!r}")
+    if (live or markers) and kind != "caddy":
+        raise ValueError("live markers are Caddy's")
+    pairs: list[str] = []
+    for a, upstream in markers:
+        check_app(a)
+        check_upstream(upstream)
+        pairs += [a, upstream]
+    if live:
+        check_upstream(live)
     return ["sh", "-c", _COMMIT, "ndctl-proxy-commit", proxy_dir, kind, app, expected, route, container,
-            CONTAINER_DIR, handle, _CADDY_LOAD_PY, CADDY_ADMIN]
+            CONTAINER_DIR, handle, _CADDY_LOAD_PY, CADDY_ADMIN, live, *pairs]
+
+
+def ensure_markers_argv(markers: Sequence[tuple[str, str]], proxy_dir: str = PROXY_DIR) -> Argv:
+    """Create the live markers (app, ``<container>:<port>``) that are missing; keep existing ones."""
+    pairs: list[str] = []
+    for a, upstream in markers:
+        check_app(a)
+        check_upstream(upstream)
+        pairs += [a, upstream]
+    return ["sh", "-c", _MARKERS + 'd=$1; shift; made=; while [ $# -ge 2 ]; do mk "$1" "$2" || exit 1; shift 2; done',
+            "ndctl-proxy-markers", proxy_dir, *pairs]
 
 
 def remove_state_argv(proxy_dir: str = PROXY_DIR) -> Argv:

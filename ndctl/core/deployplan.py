@@ -249,7 +249,7 @@ class HostState:
     containers: tuple[Container, ...] = ()
     current: Current | None = None
     lock: LockInfo | None = None
-    route: str | None = None  # the container proxy/routes/<app>.json sends traffic to
+    route: str | None = None  # the container the proxy sends traffic to (live marker, else route file)
     history: tuple[HistoryRecord, ...] = ()  # oldest first
     history_complete: bool = True  # False when the read tail may have cut older records
     image_ids: frozenset[str] | None = None  # images known present; None: not asked
@@ -281,7 +281,8 @@ class HostState:
                     containers.append(c)
         st = parse_state(state_text)
         route = None
-        upstream = (st["route"] or {}).get("upstream")
+        # The live marker is what Caddy serves; the route file follows it (and is all nginx has).
+        upstream = (st["live"] or st["route"] or {}).get("upstream")
         if isinstance(upstream, str) and upstream:
             route = upstream.rsplit(":", 1)[0]
         history = tuple(HistoryRecord.from_dict(h) for h in st["history"])

@@ -7,8 +7,10 @@ same bytes (a no-op). Values that end up in a config are validated here first:
 app names, DNS host names, ``<container>:<port>`` upstreams, drain seconds.
 
 Caddy's admin API listens on ``localhost:2019`` inside the proxy container's
-own network namespace: only ``docker exec`` on the host reaches it, and the
-port is never published.
+own network namespace: only the host reaches it, and the port is never published.
+Caddy (from 2.6.2) does not find an app's container in its config but in the app's
+live marker, an empty file ``proxy/live/<app>/<container>:<port>`` it looks up per
+request: a switch renames that file, and reloads nothing.
 """
 from __future__ import annotations
 
@@ -37,6 +39,12 @@ MAX_DRAIN = 86400
 NOT_ROUTED_BODY = "nextdeploy: no app is routed for this host\n"
 #: Caddy version that added reverse_proxy's stream_close_delay
 STREAM_CLOSE_DELAY_SINCE = (2, 7, 0)
+#: Caddy versions known to switch by live marker (glob in the file matcher's try_files, the
+#: map handler's regexp captures, placeholders in upstream dial addresses): tested on 2.6.2
+MARKERS_SINCE = (2, 6, 2)
+#: one empty file per app, ``live/<app>/<container>:<port>``: the upstream Caddy sends the
+#: app's requests to, looked up per request; renaming it is a switch with no config reload
+LIVE_DIR = f"{PROXY_DIR}/live"
 #: off: plain HTTP on 80; auto: Caddy obtains certificates (ACME) for the route's hosts and
 #: redirects HTTP to HTTPS; internal: the same with Caddy's own local CA (private networks)
 TLS_MODES = ("off", "auto", "internal")
@@ -179,8 +187,9 @@ class ProxyChange:
     before: Route | None = None
     after: Route | None = None
     duration: float = 0.0
-    #: how the proxy took the new config: "admin-api" (Caddy, from its network namespace),
-    #: "docker-exec" (``caddy reload``), "signal" (nginx); None when nothing was reloaded
+    #: how the proxy took the change: "admin-api" (Caddy, from its network namespace),
+    #: "docker-exec" (``caddy reload``), "signal" (nginx), "marker" (Caddy's live marker
+    #: renamed, no reload); None when nothing changed for the proxy
     via: str | None = None
 
     @property
@@ -208,9 +217,10 @@ class ProxyStatus:
 
     @property
     def cuts_upgraded_connections(self) -> bool:
-        """Caddy before 2.7 closes WebSockets (and other upgraded connections) at every config
-        change: a switch cannot give them the drain time (2.7 added ``stream_close_delay``)."""
-        return self.kind == "caddy" and self.version is not None and self.version < (2, 7)
+        """Caddy closes WebSockets (and other upgraded connections) at every config change
+        before 2.7 (which added ``stream_close_delay``); a switch is a config change only
+        where it cannot switch by live marker."""
+        return self.kind == "caddy" and self.version is not None and self.version < MARKERS_SINCE
 
     @property
     def changed(self) -> bool:
@@ -256,22 +266,64 @@ def parse_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(g) for g in m.groups() if g is not None) if m else None
 
 
+def uses_markers(kind: str, version: tuple[int, ...] | None) -> bool:
+    """Does this proxy switch by live marker (no config reload)? Caddy of a known version only."""
+    return kind == "caddy" and version is not None and version >= MARKERS_SINCE
+
+
+def live_marker(route: Route) -> str:
+    """The marker's path relative to :data:`LIVE_DIR` (``<app>/<container>:<port>``)."""
+    return f"{route.app}/{route.upstream}"
+
+
+def _caddy_marker_handler(r: Route, proxy: dict[str, Any]) -> dict[str, Any]:
+    """Send ``r.app``'s requests where its live marker names (``proxy`` dials ``{nd_upstream}``).
+
+    The file matcher globs the app's marker directory on every request (a directory read);
+    the map handler turns ``/<container>:<port>`` into the dial address, accepting nothing
+    else. No marker, or a malformed one: 502 naming the app, never another upstream.
+    """
+    def fail(why: str) -> dict[str, Any]:
+        return {"handler": "static_response", "status_code": 502,
+                "body": f"nextdeploy: app {r.app}: {why} ({LIVE_DIR}/{r.app})\n"}
+
+    to_dial = {"handler": "map", "source": "{http.matchers.file.relative}", "destinations": ["{nd_upstream}"],
+               "mappings": [{"input_regexp": r"^/([a-zA-Z0-9][a-zA-Z0-9_.-]*:[0-9]{1,5})$", "outputs": ["${1}"]}],
+               "defaults": [""]}
+    return {"handler": "subroute", "routes": [
+        {"match": [{"file": {"root": f"{CONTAINER_DIR}/live/{r.app}", "try_files": ["/*:*"]}}],
+         "handle": [to_dial, {"handler": "subroute", "routes": [
+             {"match": [{"vars": {"{nd_upstream}": [""]}}], "handle": [fail("its live marker is not <container>:<port>")],
+              "terminal": True},
+             {"handle": [proxy]},
+         ]}],
+         "terminal": True},
+        {"handle": [fail("no live marker")]},
+    ]}
+
+
 def render_caddy(routes: Iterable[Route], version: tuple[int, ...] | None = None) -> str:
     """Caddy's full JSON config (``caddy run/reload --config``), deterministic.
 
-    In-flight requests on the old upstream finish within ``grace_period``. Upgraded
-    connections (WebSockets) are closed by Caddy when a config is unloaded; from 2.7 on,
-    ``stream_close_delay`` keeps them open for the route's drain time instead, so it is
-    rendered when ``version`` (the running Caddy's) is known to have it.
+    Where :func:`uses_markers`, each app's upstream is its live marker, read per request:
+    the config does not name containers, so a switch (renaming the marker) reloads nothing
+    and cuts no connection. Otherwise a switch is a reload: in-flight requests on the old
+    upstream finish within ``grace_period``, and upgraded connections (WebSockets), which
+    Caddy closes when a config is unloaded, keep the route's drain time from 2.7 on
+    (``stream_close_delay``, rendered when ``version`` is known to have it).
     """
     ordered = check_routes(routes)
     delays = version is not None and version >= STREAM_CLOSE_DELAY_SINCE
+    markers = uses_markers("caddy", version)
     plain: list[dict[str, Any]] = []  # the :80 server
     secure: list[dict[str, Any]] = []  # the :443 server (apps with tls)
     for r in ordered:
-        handler: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": r.upstream}]}
+        handler: dict[str, Any] = {"handler": "reverse_proxy",
+                                   "upstreams": [{"dial": "{nd_upstream}" if markers else r.upstream}]}
         if delays:
             handler["stream_close_delay"] = f"{r.drain_seconds}s"
+        if markers:
+            handler = _caddy_marker_handler(r, handler)
         route: dict[str, Any] = {"handle": [handler], "terminal": True}
         if r.hosts:
             route["match"] = [{"host": list(r.hosts)}]

@@ -448,7 +448,7 @@ class Deployer:
                 self._warned_caddy = True  # once per deploy: the same on every host
                 self.on_event(host.name, "note", f"Caddy {'.'.join(map(str, status.version))} closes WebSockets "
                                                  "and other upgraded connections at the switch; they get the drain "
-                                                 "time with Caddy >= 2.7 (proxy.image) or nginx (proxy.kind)")
+                                                 "time with Caddy >= 2.6.2 (proxy.image) or nginx (proxy.kind)")
         except RemoteError as e:
             r = e.result
             why = (explain(host.name, r) if r is not None else None) or \

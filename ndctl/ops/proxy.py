@@ -4,6 +4,8 @@ A switch is two round trips: read the route files (and the live config's
 hash), then commit the re-rendered config under the host's proxy lock with a
 compare-and-swap on the route files, so concurrent deploys of different apps
 never lose each other's routes. An unchanged route is a no-op (no reload).
+Caddy (2.6.2 on) reads each app's upstream from its live marker, so a switch
+there renames one file and reloads nothing: no connection is cut.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from ndctl.core.proxy import (
     parse_route_listing,
     parse_version,
     render,
+    uses_markers,
 )
 from ndctl.core.results import HostResult, Status
 from ndctl.transport.ssh import Runner
@@ -152,6 +155,9 @@ async def ensure_proxy(runner: Runner, host: Host, kind: str, image: str, *,
     if config_name(kind) not in state.configs:
         text = render(kind, state.routes, version)
         await _run(runner, host, cmd.mkdirs_argv(), "creating the proxy directory")
+        if state.routes and uses_markers(kind, version):
+            await _run(runner, host, cmd.ensure_markers_argv([(r.app, r.upstream) for r in state.routes]),
+                       "writing the live markers")
         await _run(runner, host, cmd.write_file_argv(f"{PROXY_DIR}/{config_name(kind)}"), "writing the proxy config",
                    input=text)
         wrote_config = True
@@ -197,7 +203,10 @@ async def _apply(runner: Runner, host: Host, app: str, route: Route | None,
         if trusted and before == route and state.configs.get(config_name(kind)) == _sha(text):
             return ProxyChange(app, "unchanged", kind, before, route, time.monotonic() - started)
         handle = handle or state.handle  # a re-read does not inspect the container: keep the first one
-        argv = cmd.commit_argv(kind, app, state.listing_hash, route.to_json() if route else None, handle=handle)
+        markers = uses_markers(kind, state.version)
+        argv = cmd.commit_argv(kind, app, state.listing_hash, route.to_json() if route else None, handle=handle,
+                               live=route.upstream if markers and route else "",
+                               markers=[(r.app, r.upstream) for r in new_routes] if markers else ())
         r = await _run(runner, host, argv, "switching the proxy", input=text, check=False)
         if r.exit_code == cmd.CAS_MISMATCH:
             continue  # another app's route changed in between: re-read and re-render
@@ -209,8 +218,10 @@ async def _apply(runner: Runner, host: Host, app: str, route: Route | None,
                               f"{r.stderr.strip()[-2000:]}", r)
         _check(host, r, "switching the proxy")
         action = "removed" if route is None else ("created" if before is None else "updated")
+        out = r.stdout.splitlines()
         via = "signal" if kind == "nginx" else next(
-            (line.split(" ", 1)[1] for line in r.stdout.splitlines() if line.startswith("reloaded ")), None)
+            (line.split(" ", 1)[1] for line in out if line.startswith("reloaded ")),
+            "marker" if "switched marker" in out else None)
         return ProxyChange(app, action, kind, before, route, time.monotonic() - started, via=via)
     raise ConflictError(f"{host.name}: the proxy routes kept changing during {CAS_ATTEMPTS} attempts",
                         hint="another deploy is switching routes on this host; try again")

@@ -84,8 +84,8 @@ def test_blue_green_deploy_failure_rollback_history_and_lock(deploy_env) -> None
     r = cli("deploy", *f, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert all(serve(h) == "hello v1" for h in hosts)
-    # Debian's Caddy 2.6 cannot give upgraded connections the drain time: the operator is told, once
-    assert (r.stdout + r.stderr).count("closes WebSockets and other upgraded connections at the switch") == 1
+    # Debian's Caddy 2.6.2 switches by live marker: nothing to warn about upgraded connections
+    assert "closes WebSockets" not in r.stdout + r.stderr
 
     r = cli("deploy", *f, "--image", "ndt-web:v2", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -198,6 +198,8 @@ def test_three_hosts_rolled_in_batches_then_rolled_back_on_failure(e) -> None:
     assert app_containers(hosts[2], "label=com.nextdeploy.version=v2") == []
     assert not any(locked(h) for h in hosts)
     green2 = out["hosts"][0]["value"]["container"]
+    # the app's route exists now: Caddy's switch is the rename of its live marker, no reload
+    assert [s.get("via") for s in out["hosts"][0]["value"]["steps"] if s["action"] == "switch"] == ["marker"]
     failed = out["hosts"][1]["value"]
     assert "health check" in failed["message"] and failed["result"] == "failed"
 

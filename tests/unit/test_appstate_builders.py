@@ -252,7 +252,7 @@ def test_current_is_replaced_atomically(base: str) -> None:
 
 def test_read_state_in_one_round_trip(base: str) -> None:
     assert appstate.parse_state(run(appstate.read_state("web", base=base))[1]) == {
-        "lock": None, "current": None, "route": None, "history": [], "bad_lines": 0}
+        "lock": None, "current": None, "route": None, "live": None, "history": [], "bad_lines": 0}
     run(appstate.acquire_lock("web", base), info("aaaaaaaa"))
     run(appstate.write_current("web", base), appstate.current_payload(
         version="v1", deploy_id="aaaaaaaa", container="nd-web-aaaaaaaa", port=80, switched_at="t"))
@@ -270,11 +270,19 @@ def test_read_state_in_one_round_trip(base: str) -> None:
     assert st["route"]["upstream"] == "nd-web-aaaaaaaa:80"
     assert [h["deploy_id"] for h in st["history"]] == ["00000001", "00000002", "00000003"]
     assert st["history"][0]["who"] == NASTY and st["bad_lines"] == 0
+    assert st["live"] is None
+    # Caddy's live marker: what the proxy serves, even where a crash left the route file behind
+    live = Path(base, "proxy/live/web")
+    live.mkdir(parents=True)
+    (live / "nd-web-bbbbbbbb:80").touch()
+    st = appstate.parse_state(run(appstate.read_state("web", history_tail=3, base=base))[1])
+    assert st["live"] == {"upstream": "nd-web-bbbbbbbb:80"} and st["route"]["upstream"] == "nd-web-aaaaaaaa:80"
 
 
 def test_parse_state_skips_torn_lines() -> None:
     st = appstate.parse_state('history {"a":1}\nhistory {"a":\nlock not-json\ngarbage\ncurrent {"container":"c"}\n')
-    assert st == {"lock": {}, "current": {"container": "c"}, "route": None, "history": [{"a": 1}], "bad_lines": 2}
+    assert st == {"lock": {}, "current": {"container": "c"}, "route": None, "live": None, "history": [{"a": 1}],
+                  "bad_lines": 2}
 
 
 # ---------------------------------------------------------------- delayed stop, with a fake docker

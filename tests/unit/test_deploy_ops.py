@@ -529,6 +529,23 @@ def test_proxy_that_cannot_start_names_the_port_clash(monkeypatch) -> None:
     assert e.value.step.action is A.ENSURE_PROXY
 
 
+@pytest.mark.parametrize("version,warned", [((2, 6, 1), True), ((2, 6, 2), False), ((2, 8, 4), False)])
+def test_only_a_caddy_that_must_reload_to_switch_draws_the_websocket_note(monkeypatch, version, warned) -> None:
+    from ndctl.core.proxy import ProxyStatus
+
+    w = World(["h1", "h2"])
+    d = FakeDeployer(w)
+
+    async def ensure_proxy(*a, **kw):
+        return ProxyStatus("caddy", "caddy:x", version=version)
+
+    monkeypatch.setattr(ops.proxy_ops, "ensure_proxy", ensure_proxy)
+    for h in hosts("h1", "h2"):
+        asyncio.run(d._ensure_proxy(ops.HostRun(h), dp.Step(A.ENSURE_PROXY, image="caddy:x")))
+    notes = [m for _, e, m in d.events if e == "note" and "closes WebSockets" in m]
+    assert len(notes) == (1 if warned else 0)  # once per deploy, not once per host
+
+
 def test_connection_lost_classification() -> None:
     assert ops.connection_lost(HostResult("h", Status.UNREACHABLE))
     assert ops.connection_lost(HostResult("h", Status.FAILED, None, error="connection lost while the command ran"))

@@ -607,6 +607,18 @@ def test_state_from_real_outputs() -> None:
     assert HostState.from_outputs("h1", "web", state_text=state_text, history_tail=200).history_complete
     p = dp.plan_deploy(SPEC, st, version="v3", deploy_id=NEW, now=NOW)
     assert actions(p.steps)[0] == "ship-image"  # our lock: no begin steps
+    # a crash between Caddy's live marker and the route file: the marker is what serves, and the
+    # deploy that switched to it is not in the history; it is repaired as current, never removed as a stray
+    crashed = {**inspect, "name": "/nd-web-dddddddd",
+               "labels": {**inspect["labels"], "com.nextdeploy.deploy-id": "dddddddd", "com.nextdeploy.version": "v4"}}
+    st = HostState.from_outputs("h1", "web", containers_text=json.dumps(inspect) + "\n" + json.dumps(crashed),
+                                state_text=state_text.replace("lock ", "x ")
+                                + 'live {"upstream":"nd-web-dddddddd:8080"}\n', history_tail=200)
+    assert st.route == "nd-web-dddddddd" and st.serving.name == "nd-web-dddddddd"
+    p = dp.plan_deploy(SPEC, st, version="v5", deploy_id=NEW, now=NOW)
+    assert p.blue.name == "nd-web-dddddddd"
+    assert "nd-web-dddddddd" not in [c for s in p.steps if s.action is dp.Action.REMOVE for c in s.containers]
+    assert any(s.action is dp.Action.REPAIR_CURRENT and s.container == "nd-web-dddddddd" for s in p.steps)
 
 
 @pytest.mark.parametrize("text,expected", [
