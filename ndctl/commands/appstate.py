@@ -188,6 +188,34 @@ def acquire_lock(app: str, base: str = BASE_DIR) -> Argv:
     return ["sh", "-c", _ACQUIRE, "nd-lock", _base(base), _app(app)]
 
 
+# acquire_lock, then, only once it is held, what a deploy plans from: the state files,
+# the app's containers ("$@": a listing argv) and the host's image ids. The first line
+# after taking the lock is "locked", so a read that fails after it (exit 3) still says
+# that the lock is ours to free.
+_ACQUIRE_THEN_READ = (
+    'acq=$1; st=$2; b=$3; a=$4; n=$5; shift 5; '
+    'sh -c "$acq" nd-lock "$b" "$a" || exit $?; echo locked; '
+    'sh -c "$st" nd-state "$b" "$a" "$n" </dev/null || exit 3; '
+    '"$@" </dev/null || exit 3; '
+    'docker image ls --no-trunc --quiet </dev/null && echo "images listed"; exit 0'
+)
+
+
+def acquire_lock_then_read(app: str, listing: Argv, *, history_tail: int = 200, base: str = BASE_DIR) -> Argv:
+    """:func:`acquire_lock` and, once held, :func:`read_state`, ``listing`` (the app's
+    containers) and ``docker image ls --no-trunc --quiet``: one round trip instead of two.
+
+    stdin: :func:`lock_payload`. Lock held by another: as :func:`acquire_lock` (exit
+    :data:`LOCK_HELD`, its info on stdout). Taken: ``locked``, then the three outputs one
+    after the other (their lines tell themselves apart: ``kind JSON``, ``{...}``,
+    ``sha256:...``), then ``images listed`` unless that listing failed; exit 3 when the
+    state or the containers could not be read (the lock is held all the same).
+    """
+    state = read_state(app, history_tail, base)
+    return ["sh", "-c", _ACQUIRE_THEN_READ, "nd-lock-read", _ACQUIRE, state[2], _base(base), _app(app),
+            str(history_tail), *listing]
+
+
 def release_lock(app: str, deploy_id: str, *, force: bool = False, base: str = BASE_DIR) -> Argv:
     """Free the lock if ``deploy_id`` holds it (any holder when ``force``).
 
@@ -285,6 +313,6 @@ def parse_state(text: str) -> dict[str, Any]:
 
 __all__ = [
     "BASE_DIR", "LOCK_HELD", "operator", "lock_payload", "current_payload", "history_payload",
-    "acquire_lock", "release_lock", "read_lock", "append_history", "read_history", "write_current",
-    "read_current", "read_state", "parse_state", "schedule_stop",
+    "acquire_lock", "acquire_lock_then_read", "release_lock", "read_lock", "append_history", "read_history",
+    "write_current", "read_current", "read_state", "parse_state", "schedule_stop",
 ]

@@ -40,6 +40,7 @@ from ndctl.transport.ssh import OutputCallback, Runner
 EventCallback = Callable[[str, str, str], None]  # (host, event, message)
 
 RESULT_SKIPPED = "skipped"  # in reports only: the host's batch never ran (never in history)
+OBSERVED_HISTORY = 200  # history lines a deploy reads (older ones only matter to tell strays, see deployplan)
 
 
 def connection_lost(r: HostResult | None) -> bool:
@@ -168,6 +169,7 @@ class HostRun:
     proxy_snapshot: object = None  # ensure-proxy's reading, for the switch (ops.proxy.set_route known=)
     image_id: str | None = None  # the id of a pulled image (a shipped one's is in the plan already)
     unreachable: bool = False  # no command ever reached the host (its connection could not be made)
+    observed: dp.HostState | None = field(default=None, repr=False)  # read by the lock step, under the lock
 
     def to_dict(self) -> dict[str, Any]:
         out = {"host": self.host.name, "result": self.result, "switched": self.switched, "message": self.message,
@@ -219,18 +221,19 @@ class Deployer:
         return r
 
     async def observe(self, host: Host) -> dp.HostState:
-        """The host's state for this app: three reads, side by side on the host's connection."""
+        """The host's state for this app: three reads, side by side on the host's connection
+        (a deploy's lock step reads the same, see :func:`appstate.acquire_lock_then_read`)."""
         app = self.spec.app
         c, s, ids = await asyncio.gather(
             self._run(host, docker.list_app_containers(app)),
-            self._run(host, appstate.read_state(app, history_tail=200)),
+            self._run(host, appstate.read_state(app, history_tail=OBSERVED_HISTORY)),
             self._run(host, ["docker", "image", "ls", "--no-trunc", "--quiet"]))
         for r in (c, s):
             if not r.ok:
                 raise RemoteError(f"{host.name}: cannot read the state of {app}: "
                                   f"{explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code}", r)
         return dp.HostState.from_outputs(host.name, app, containers_text=c.stdout, state_text=s.stdout,
-                                         history_tail=200, image_ids=ids.stdout.split() if ids.ok else None,
+                                         history_tail=OBSERVED_HISTORY, image_ids=ids.stdout.split() if ids.ok else None,
                                          network=True, proxy=True)
 
     async def _begin(self, run: HostRun, deploy_id: str) -> dp.HostState:
@@ -244,7 +247,8 @@ class Deployer:
         async def locked_state() -> dp.HostState:
             for s in chain:
                 await self.step(run, s)
-            return await self.observe(run.host)
+            state, run.observed = run.observed, None
+            return state or await self.observe(run.host)
 
         results = await asyncio.gather(*(self.step(run, s) for s in side), locked_state(), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -302,7 +306,10 @@ class Deployer:
             payload = appstate.lock_payload(who=self.who, from_=self.origin, at=dp.iso(run.started),
                                             version=plan.version if plan else "", deploy_id=step.deploy_id or "")
             run.lock_pending = True
-            r = await self._run(host, appstate.acquire_lock(spec.app), input=payload)
+            # Taking the lock also reads what the plan needs (one round trip instead of two).
+            argv = appstate.acquire_lock_then_read(spec.app, docker.list_app_containers(spec.app),
+                                                   history_tail=OBSERVED_HISTORY)
+            r = await self._run(host, argv, input=payload)
             if r.status is Status.UNREACHABLE:  # the request never reached the host: no lock to free
                 run.lock_pending = False
             deadline = time.monotonic() + self.lock_wait
@@ -310,7 +317,18 @@ class Deployer:
                 # --lock-wait: another deploy holds the app; poll until it is done or we give up
                 self.on_event(host.name, "waiting", f"{spec.app} is locked by another deploy; waiting")
                 await asyncio.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
-                r = await self._run(host, appstate.acquire_lock(spec.app), input=payload)
+                r = await self._run(host, argv, input=payload)
+            lines = r.stdout.splitlines()
+            if lines[:1] == ["locked"]:
+                run.locked = True
+                if not r.ok:
+                    raise RemoteError(f"{host.name}: cannot read the state of {spec.app}: "
+                                      f"{explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code}", r)
+                run.observed = dp.HostState.from_outputs(
+                    host.name, spec.app, containers_text=r.stdout, state_text=r.stdout,
+                    history_tail=OBSERVED_HISTORY, network=True, proxy=True,
+                    image_ids=[x for x in lines if x.startswith("sha256:")] if "images listed" in lines else None)
+                return None
             if r.exit_code == appstate.LOCK_HELD:
                 run.lock_pending = False
                 try:

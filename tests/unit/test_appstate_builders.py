@@ -279,6 +279,49 @@ def test_read_state_in_one_round_trip(base: str) -> None:
     assert st["live"] == {"upstream": "nd-web-bbbbbbbb:80"} and st["route"]["upstream"] == "nd-web-aaaaaaaa:80"
 
 
+def test_lock_then_read_takes_the_lock_and_reads_under_it_in_one_round_trip(base: str, tmp_path: Path) -> None:
+    from ndctl.core.deployplan import HostState
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    images = tmp_path / "images"
+    (bin_dir / "docker").write_text(f'#!/bin/sh\n[ "$*" = "image ls --no-trunc --quiet" ] && exec cat "{images}"\n'
+                                    'exit 1\n')
+    (bin_dir / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    images.write_text("sha256:" + "a" * 64 + "\n")
+    c = {"name": "/nd-web-aaaaaaaa", "labels": {"com.nextdeploy.app": "web", "com.nextdeploy.role": "app"}}
+    listing = ["sh", "-c", 'printf "%s\\n" "$1"', "list", json.dumps(c)]
+    argv = appstate.acquire_lock_then_read("web", listing, history_tail=5, base=base)
+    assert argv[3:5] == ["nd-lock-read", appstate.acquire_lock("web", base)[2]]
+    assert argv[5:10] == [appstate.read_state("web", 5, base)[2], base, "web", "5", "sh"]
+    run(appstate.append_history("web", base), appstate.history_payload({"deploy_id": "aaaaaaaa", "result": "ok"}))
+
+    rc, out, err = run(argv, info("bbbbbbbb"), env)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "locked" and lines[-2:] == ["sha256:" + "a" * 64, "images listed"]
+    st = HostState.from_outputs("h1", "web", containers_text=out, state_text=out, history_tail=5)
+    assert st.lock.deploy_id == "bbbbbbbb"  # read under the lock: our own
+    assert [x.name for x in st.containers] == ["nd-web-aaaaaaaa"] and len(st.history) == 1
+    assert st.history_complete
+
+    # held by another deploy: refused as acquire_lock refuses, and nothing else is read
+    rc, out, _ = run(argv, info("cccccccc"), env)
+    assert rc == appstate.LOCK_HELD and json.loads(out)["deploy_id"] == "bbbbbbbb"
+    run(appstate.release_lock("web", "bbbbbbbb", base=base))
+
+    # the listing fails after the lock was taken: exit 3, but "locked" says whose lock it is now
+    rc, out, _ = run(appstate.acquire_lock_then_read("web", ["false"], base=base), info("dddddddd"), env)
+    assert rc == 3 and out.splitlines() == ["locked"] + out.splitlines()[1:]
+    run(appstate.release_lock("web", "dddddddd", base=base))
+
+    # the image listing fails: the rest stands, without "images listed"
+    images.unlink()
+    rc, out, _ = run(argv, info("eeeeeeee"), env)
+    assert rc == 0 and "images listed" not in out and out.startswith("locked\n")
+
+
 def test_parse_state_skips_torn_lines() -> None:
     st = appstate.parse_state('history {"a":1}\nhistory {"a":\nlock not-json\ngarbage\ncurrent {"container":"c"}\n')
     assert st == {"lock": {}, "current": {"container": "c"}, "route": None, "live": None, "history": [{"a": 1}],

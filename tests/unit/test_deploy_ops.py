@@ -10,6 +10,7 @@ Ctrl-C are injected per (host, action).
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -722,3 +723,50 @@ def test_join_says_each_part_once() -> None:
     assert ops._join("", "a") == "a" and ops._join("a", "b") == "a; b"
     left = "the lock of web stays on h1 (held by me); `ndctl deploy status web` shows it"
     assert ops._join(ops._join("failed", left), left) == f"failed; {left}"
+
+
+class LockReadRunner(Runner):
+    """Answers the lock step's combined lock-and-read command; anything else is recorded."""
+
+    def __init__(self, answer: HostResult) -> None:
+        super().__init__(RunOptions())
+        self.answer = answer
+        self.argvs: list[list[str]] = []
+
+    async def run(self, host, argv, *, input=None, timeout=None, on_output=None) -> HostResult:
+        self.argvs.append(list(argv))
+        return self.answer
+
+
+def _begin_with(monkeypatch, answer: HostResult):
+    runner = LockReadRunner(answer)
+    d = Deployer(runner, None, SPEC)
+
+    async def no_proxy(run, step):
+        return None
+
+    monkeypatch.setattr(d, "_ensure_proxy", no_proxy)
+    run = ops.HostRun(hosts("h1")[0])
+    return runner, run, d
+
+
+def test_the_lock_step_reads_the_state_under_the_lock_in_the_same_command(monkeypatch) -> None:
+    c = {"name": "/nd-web-aaaaaaaa", "running": True,
+         "labels": {"com.nextdeploy.app": "web", "com.nextdeploy.role": "app", "com.nextdeploy.version": "v1"}}
+    out = ("locked\n" 'lock {"deploy_id":"bbbbbbbb","who":"me"}\n'
+           'current {"container":"nd-web-aaaaaaaa","version":"v1"}\n' + json.dumps(c) + "\n"
+           + "sha256:" + "a" * 64 + "\nimages listed\n")
+    runner, run, d = _begin_with(monkeypatch, HostResult("h1", Status.OK, 0, out))
+    state = asyncio.run(d._begin(run, "bbbbbbbb"))
+    assert [a[3] for a in runner.argvs] == ["nd-lock-read"]  # no separate reads after the lock
+    assert run.locked and state.lock.deploy_id == "bbbbbbbb" and state.serving.name == "nd-web-aaaaaaaa"
+    assert state.image_ids == frozenset({"sha256:" + "a" * 64})
+    assert [(s["action"], s["ok"]) for s in run.done] == [("ensure-proxy", True), ("lock", True)]
+
+
+def test_a_failed_read_after_the_lock_was_taken_still_leaves_the_lock_to_free(monkeypatch) -> None:
+    runner, run, d = _begin_with(monkeypatch, HostResult("h1", Status.FAILED, 3, "locked\n",
+                                                         "Cannot connect to the Docker daemon"))
+    with pytest.raises(RemoteError, match="h1: cannot read the state of web: .*Docker daemon"):
+        asyncio.run(d._begin(run, "bbbbbbbb"))
+    assert run.locked  # so the deploy's cleanup unlocks it
