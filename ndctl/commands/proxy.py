@@ -247,6 +247,7 @@ _MARKERS = (
     'mk() { [ -n "$(cur_live "$1")" ] && return 0; mkdir -p -m 0755 "$d/live/$1" || return 1; '
     '  t="$d/live/.$1.new"; : > "$t" && chmod 0644 "$t" && mv -f "$t" "$d/live/$1/$2" || return 1; '
     '  made="$made $1"; }; '
+    'mk_all() { while [ $# -ge 2 ]; do mk "$1" "$2" || return 1; shift 2; done; }; '
     'flip() { a=$1; u=$2; cur=$(cur_live "$a"); '
     '  if [ "$cur" != "$u" ]; then '
     '    if [ -n "$cur" ]; then mv -f "$d/live/$a/$cur" "$d/live/$a/$u" || return 1; '
@@ -269,7 +270,7 @@ _COMMIT = _LIST_ROUTES + _CADDY_RELOAD + _MARKERS + (
     'cat > "$new" && chmod 0644 "$new" || { rm -f "$new"; exit 1; }; '
     'if [ "$kind" = caddy ]; then '
     # The remaining arguments: <app> <container>:<port> for every route the new config reads a marker of.
-    '  while [ $# -ge 2 ]; do mk "$1" "$2" || exit 1; shift 2; done; '
+    '  mk_all "$@" || exit 1; '
     '  if cmp -s "$new" "$d/$conf"; then rm -f "$new"; '
     # Caddy's reload is the validation: an invalid config is refused and the old one keeps serving.
     '  elif ! caddy_load "$c" "$hint" "$new" "$cd_/.$conf.new"; then rm -f "$new"; '
@@ -322,26 +323,26 @@ def commit_argv(kind: str, app: str, expected: str, route_json: str | None, *, p
         raise ValueError(f"invalid proxy container handle {handle!r}")
     if (live or markers) and kind != "caddy":
         raise ValueError("live markers are Caddy's")
-    pairs: list[str] = []
-    for a, upstream in markers:
-        check_app(a)
-        check_upstream(upstream)
-        pairs += [a, upstream]
     if live:
         check_upstream(live)
     return ["sh", "-c", _COMMIT, "ndctl-proxy-commit", proxy_dir, kind, app, expected, route, container,
-            CONTAINER_DIR, handle, _CADDY_LOAD_PY, CADDY_ADMIN, live, *pairs]
+            CONTAINER_DIR, handle, _CADDY_LOAD_PY, CADDY_ADMIN, live, *_marker_args(markers)]
+
+
+def _marker_args(markers: Sequence[tuple[str, str]]) -> list[str]:
+    """(app, ``<container>:<port>``) pairs, checked, as the positional parameters ``mk_all`` takes."""
+    out: list[str] = []
+    for a, upstream in markers:
+        check_app(a)
+        check_upstream(upstream)
+        out += [a, upstream]
+    return out
 
 
 def ensure_markers_argv(markers: Sequence[tuple[str, str]], proxy_dir: str = PROXY_DIR) -> Argv:
     """Create the live markers (app, ``<container>:<port>``) that are missing; keep existing ones."""
-    pairs: list[str] = []
-    for a, upstream in markers:
-        check_app(a)
-        check_upstream(upstream)
-        pairs += [a, upstream]
-    return ["sh", "-c", _MARKERS + 'd=$1; shift; made=; while [ $# -ge 2 ]; do mk "$1" "$2" || exit 1; shift 2; done',
-            "ndctl-proxy-markers", proxy_dir, *pairs]
+    return ["sh", "-c", _MARKERS + 'd=$1; shift; made=; mk_all "$@"', "ndctl-proxy-markers", proxy_dir,
+            *_marker_args(markers)]
 
 
 def remove_state_argv(proxy_dir: str = PROXY_DIR) -> Argv:

@@ -50,7 +50,9 @@ LIVE_DIR = f"{PROXY_DIR}/live"
 TLS_MODES = ("off", "auto", "internal")
 
 _APP_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")  # the same names nextdeploy.yaml accepts
-_CONTAINER_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+#: a container name as Docker accepts it; also what Caddy's map admits from a live marker (RE2)
+_CONTAINER_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_.-]*"
+_CONTAINER_RE = re.compile(_CONTAINER_NAME + r"\Z")
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
 
 
@@ -271,11 +273,6 @@ def uses_markers(kind: str, version: tuple[int, ...] | None) -> bool:
     return kind == "caddy" and version is not None and version >= MARKERS_SINCE
 
 
-def live_marker(route: Route) -> str:
-    """The marker's path relative to :data:`LIVE_DIR` (``<app>/<container>:<port>``)."""
-    return f"{route.app}/{route.upstream}"
-
-
 def _caddy_marker_handler(r: Route, proxy: dict[str, Any]) -> dict[str, Any]:
     """Send ``r.app``'s requests where its live marker names (``proxy`` dials ``{nd_upstream}``).
 
@@ -288,7 +285,7 @@ def _caddy_marker_handler(r: Route, proxy: dict[str, Any]) -> dict[str, Any]:
                 "body": f"nextdeploy: app {r.app}: {why} ({LIVE_DIR}/{r.app})\n"}
 
     to_dial = {"handler": "map", "source": "{http.matchers.file.relative}", "destinations": ["{nd_upstream}"],
-               "mappings": [{"input_regexp": r"^/([a-zA-Z0-9][a-zA-Z0-9_.-]*:[0-9]{1,5})$", "outputs": ["${1}"]}],
+               "mappings": [{"input_regexp": f"^/({_CONTAINER_NAME}:[0-9]{{1,5}})$", "outputs": ["${1}"]}],
                "defaults": [""]}
     return {"handler": "subroute", "routes": [
         {"match": [{"file": {"root": f"{CONTAINER_DIR}/live/{r.app}", "try_files": ["/*:*"]}}],
