@@ -230,11 +230,18 @@ class Deployer:
             self._run(host, ["docker", "image", "ls", "--no-trunc", "--quiet"]))
         for r in (c, s):
             if not r.ok:
-                raise RemoteError(f"{host.name}: cannot read the state of {app}: "
-                                  f"{explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code}", r)
-        return dp.HostState.from_outputs(host.name, app, containers_text=c.stdout, state_text=s.stdout,
-                                         history_tail=OBSERVED_HISTORY, image_ids=ids.stdout.split() if ids.ok else None,
+                raise self._unreadable(host, r)
+        return self._host_state(host, c.stdout, s.stdout, ids.stdout.split() if ids.ok else None)
+
+    def _host_state(self, host: Host, containers_text: str, state_text: str,
+                    image_ids: Sequence[str] | None) -> dp.HostState:
+        return dp.HostState.from_outputs(host.name, self.spec.app, containers_text=containers_text,
+                                         state_text=state_text, history_tail=OBSERVED_HISTORY, image_ids=image_ids,
                                          network=True, proxy=True)
+
+    def _unreadable(self, host: Host, r: HostResult) -> RemoteError:
+        return RemoteError(f"{host.name}: cannot read the state of {self.spec.app}: "
+                           f"{explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code}", r)
 
     async def _begin(self, run: HostRun, deploy_id: str) -> dp.HostState:
         """The begin steps and the observation. The proxy's step (one read when all is there)
@@ -319,27 +326,22 @@ class Deployer:
                 await asyncio.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
                 r = await self._run(host, argv, input=payload)
             lines = r.stdout.splitlines()
-            if lines[:1] == ["locked"]:
-                run.locked = True
-                if not r.ok:
-                    raise RemoteError(f"{host.name}: cannot read the state of {spec.app}: "
-                                      f"{explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code}", r)
-                run.observed = dp.HostState.from_outputs(
-                    host.name, spec.app, containers_text=r.stdout, state_text=r.stdout,
-                    history_tail=OBSERVED_HISTORY, network=True, proxy=True,
-                    image_ids=[x for x in lines if x.startswith("sha256:")] if "images listed" in lines else None)
-                return None
-            if r.exit_code == appstate.LOCK_HELD:
+            taken = lines[:1] == ["locked"]  # the script says so first: a failed read after it leaves the lock ours
+            if r.exit_code == appstate.LOCK_HELD and not taken:
                 run.lock_pending = False
                 try:
                     info = dp.LockInfo.from_dict(json.loads(r.stdout or "{}"))
                 except ValueError:
                     info = None
                 raise dp.lock_conflict(spec.app, host.name, info, _now())
+            run.locked = taken
             if not r.ok:
+                if taken:
+                    raise self._unreadable(host, r)
                 raise StepFailed(step, explain(host.name, r) or r.error or r.stderr.strip()
                                  or f"exit status {r.exit_code}", r)
-            run.locked = True
+            run.observed = self._host_state(host, r.stdout, r.stdout, [x for x in lines if x.startswith("sha256:")]
+                                            if "images listed" in lines else None)
         elif step.action is A.REMOVE:
             await self._must(host, step, docker.rm(*step.containers, force=True))
         elif step.action is A.STOP:
