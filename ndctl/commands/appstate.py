@@ -153,8 +153,8 @@ _WRITE_CURRENT = (
 _READ_CURRENT = 'f="$1/apps/$2/current.json"; [ -f "$f" ] || exit 0; exec cat "$f"'
 
 # Everything a deploy, status or rollback plan needs from the files, in one round
-# trip: lines "lock JSON", "current JSON", "route JSON", "live JSON" (Caddy's live marker:
-# what the proxy serves, should a crash have left the route file behind), "history JSON".
+# trip: lines "lock JSON", "current JSON", "route JSON", "live JSON" (Caddy's newest live
+# marker: what the proxy serves, should a crash have left the route file behind), "history JSON".
 _READ_STATE = (
     _HISTORY_FILES + 'a="$1/apps/$2"; '
     'p() { while IFS= read -r x || [ -n "$x" ]; do [ -z "$x" ] || printf "%s %s\\n" "$1" "$x"; done; }; '
@@ -162,7 +162,8 @@ _READ_STATE = (
     'else echo "lock {}"; fi; fi; '
     '[ ! -f "$a/current.json" ] || p current < "$a/current.json"; '
     '[ ! -f "$1/proxy/routes/$2.json" ] || p route < "$1/proxy/routes/$2.json"; '
-    'for f in "$1/proxy/live/$2"/*:*; do [ -e "$f" ] && printf \'live {"upstream":"%s"}\\n\' "${f##*/}" && break; done; '
+    'ls -1t "$1/proxy/live/$2" 2>/dev/null | while IFS= read -r n; do case $n in *:*) '
+    'printf \'live {"upstream":"%s"}\\n\' "$n"; break;; esac; done; '
     'hist "$a" | tail -n "$3" | p history; exit 0'
 )
 

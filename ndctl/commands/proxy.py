@@ -238,21 +238,28 @@ _CADDY_RELOAD = (
     '  docker exec "$c" caddy reload --config "$cf" >&2 && echo "reloaded docker-exec"; }; '
 )
 
-# Live markers (Caddy): ``live/<app>/<container>:<port>``, an empty file Caddy globs per
-# request. ``mk`` creates a missing one (before a reload that may start reading it); ``flip``
-# renames the app's marker to its new upstream: one rename(2), so every request sees the old
-# or the new one, and the switch reloads nothing. Temporary files stay outside the glob's reach.
+# Live markers (Caddy): ``live/<app>/<container>:<port>``, empty files Caddy globs per
+# request, taking the most recently modified. ``mk`` creates one where the app has none
+# (before a reload that may start reading it). ``flip`` makes the app's new upstream the
+# newest (created, or touched if still there) and only then demotes the one it replaces
+# to 1980: a request that listed the directory just before may still look at that one, so
+# it stays until the next flip, which removes it (a rename here made such a request see
+# no marker at all). Temporary files stay outside the glob's reach.
 _MARKERS = (
-    'cur_live() { for f in "$d/live/$1"/*:*; do [ -e "$f" ] && { echo "${f##*/}"; return 0; }; done; }; '
-    'mk() { [ -n "$(cur_live "$1")" ] && return 0; mkdir -p -m 0755 "$d/live/$1" || return 1; '
-    '  t="$d/live/.$1.new"; : > "$t" && chmod 0644 "$t" && mv -f "$t" "$d/live/$1/$2" || return 1; '
+    'cur_live() { ls -1t "$d/live/$1" 2>/dev/null | while IFS= read -r n; do '
+    '  case $n in *:*) echo "$n"; break;; esac; done; }; '
+    # (shell functions share their variables with the script: lt, not the commit's t)
+    'new_live() { lt="$d/live/.$1.new"; : > "$lt" && chmod 0644 "$lt" && mv -f "$lt" "$d/live/$1/$2"; }; '
+    'mk() { [ -n "$(cur_live "$1")" ] && return 0; mkdir -p -m 0755 "$d/live/$1" && new_live "$1" "$2" || return 1; '
     '  made="$made $1"; }; '
     'mk_all() { while [ $# -ge 2 ]; do mk "$1" "$2" || return 1; shift 2; done; }; '
     'flip() { a=$1; u=$2; cur=$(cur_live "$a"); '
-    '  if [ "$cur" != "$u" ]; then '
-    '    if [ -n "$cur" ]; then mv -f "$d/live/$a/$cur" "$d/live/$a/$u" || return 1; '
-    '    else mk "$a" "$u" || return 1; fi; echo "switched marker"; fi; '
-    '  for f in "$d/live/$a"/* "$d/live/$a"/.[!.]*; do [ -e "$f" ] && [ "${f##*/}" != "$u" ] && rm -f "$f"; done; '
+    '  if [ "$cur" != "$u" ]; then mkdir -p -m 0755 "$d/live/$a" || return 1; '
+    '    if [ -e "$d/live/$a/$u" ]; then touch -m "$d/live/$a/$u" || return 1; '
+    '    else new_live "$a" "$u" || return 1; fi; echo "switched marker"; fi; '
+    '  for f in "$d/live/$a"/* "$d/live/$a"/.[!.]*; do [ -e "$f" ] || continue; n=${f##*/}; '
+    '    [ "$n" = "$u" ] && continue; '
+    '    if [ "$n" = "$cur" ]; then touch -m -t 198001010000 "$f"; else rm -f "$f"; fi; done; '
     '  return 0; }; '
 )
 

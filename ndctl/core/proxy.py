@@ -9,8 +9,8 @@ app names, DNS host names, ``<container>:<port>`` upstreams, drain seconds.
 Caddy's admin API listens on ``localhost:2019`` inside the proxy container's
 own network namespace: only the host reaches it, and the port is never published.
 Caddy (from 2.6.2) does not find an app's container in its config but in the app's
-live marker, an empty file ``proxy/live/<app>/<container>:<port>`` it looks up per
-request: a switch renames that file, and reloads nothing.
+live marker, the newest empty file ``proxy/live/<app>/<container>:<port>``, looked up per
+request: a switch makes another marker the newest, and reloads nothing.
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ STREAM_CLOSE_DELAY_SINCE = (2, 7, 0)
 #: Caddy versions known to switch by live marker (glob in the file matcher's try_files, the
 #: map handler's regexp captures, placeholders in upstream dial addresses): tested on 2.6.2
 MARKERS_SINCE = (2, 6, 2)
-#: one empty file per app, ``live/<app>/<container>:<port>``: the upstream Caddy sends the
-#: app's requests to, looked up per request; renaming it is a switch with no config reload
+#: empty files ``live/<app>/<container>:<port>``; the most recently modified one is the upstream
+#: Caddy sends the app's requests to, looked up per request: a switch with no config reload
 LIVE_DIR = f"{PROXY_DIR}/live"
 #: off: plain HTTP on 80; auto: Caddy obtains certificates (ACME) for the route's hosts and
 #: redirects HTTP to HTTPS; internal: the same with Caddy's own local CA (private networks)
@@ -191,7 +191,7 @@ class ProxyChange:
     duration: float = 0.0
     #: how the proxy took the change: "admin-api" (Caddy, from its network namespace),
     #: "docker-exec" (``caddy reload``), "signal" (nginx), "marker" (Caddy's live marker
-    #: renamed, no reload); None when nothing changed for the proxy
+    #: made the newest, no reload); None when nothing changed for the proxy
     via: str | None = None
 
     @property
@@ -276,9 +276,11 @@ def uses_markers(kind: str, version: tuple[int, ...] | None) -> bool:
 def _caddy_marker_handler(r: Route, proxy: dict[str, Any]) -> dict[str, Any]:
     """Send ``r.app``'s requests where its live marker names (``proxy`` dials ``{nd_upstream}``).
 
-    The file matcher globs the app's marker directory on every request (a directory read);
-    the map handler turns ``/<container>:<port>`` into the dial address, accepting nothing
-    else. No marker, or a malformed one: 502 naming the app, never another upstream.
+    The file matcher globs the app's marker directory on every request (a directory read)
+    and takes the most recently modified marker: a switch makes the new one the newest and
+    leaves the old one, demoted, for a request that listed it just before to find. The map
+    handler turns ``/<container>:<port>`` into the dial address, accepting nothing else. No
+    marker, or a malformed one: 502 naming the app, never another upstream.
     """
     def fail(why: str) -> dict[str, Any]:
         return {"handler": "static_response", "status_code": 502,
@@ -288,10 +290,11 @@ def _caddy_marker_handler(r: Route, proxy: dict[str, Any]) -> dict[str, Any]:
                "mappings": [{"input_regexp": f"^/({_CONTAINER_NAME}:[0-9]{{1,5}})$", "outputs": ["${1}"]}],
                "defaults": [""]}
     return {"handler": "subroute", "routes": [
-        {"match": [{"file": {"root": f"{CONTAINER_DIR}/live/{r.app}", "try_files": ["/*:*"]}}],
+        {"match": [{"file": {"root": f"{CONTAINER_DIR}/live/{r.app}", "try_files": ["/*:*"],
+                             "try_policy": "most_recently_modified"}}],
          "handle": [to_dial, {"handler": "subroute", "routes": [
-             {"match": [{"vars": {"{nd_upstream}": [""]}}], "handle": [fail("its live marker is not <container>:<port>")],
-              "terminal": True},
+             {"match": [{"vars": {"{nd_upstream}": [""]}}], "terminal": True,
+              "handle": [fail("its live marker is not <container>:<port>")]},
              {"handle": [proxy]},
          ]}],
          "terminal": True},
@@ -303,8 +306,8 @@ def render_caddy(routes: Iterable[Route], version: tuple[int, ...] | None = None
     """Caddy's full JSON config (``caddy run/reload --config``), deterministic.
 
     Where :func:`uses_markers`, each app's upstream is its live marker, read per request:
-    the config does not name containers, so a switch (renaming the marker) reloads nothing
-    and cuts no connection. Otherwise a switch is a reload: in-flight requests on the old
+    the config does not name containers, so a switch (another marker made the newest)
+    reloads nothing and cuts no connection. Otherwise a switch is a reload: in-flight requests on the old
     upstream finish within ``grace_period``, and upgraded connections (WebSockets), which
     Caddy closes when a config is unloaded, keep the route's drain time from 2.7 on
     (``stream_close_delay``, rendered when ``version`` is known to have it).

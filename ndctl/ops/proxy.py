@@ -5,7 +5,7 @@ hash), then commit the re-rendered config under the host's proxy lock with a
 compare-and-swap on the route files, so concurrent deploys of different apps
 never lose each other's routes. An unchanged route is a no-op (no reload).
 Caddy (2.6.2 on) reads each app's upstream from its live marker, so a switch
-there renames one file and reloads nothing: no connection is cut.
+there makes another marker file the newest and reloads nothing: no connection is cut.
 """
 from __future__ import annotations
 

@@ -277,6 +277,11 @@ def test_read_state_in_one_round_trip(base: str) -> None:
     (live / "nd-web-bbbbbbbb:80").touch()
     st = appstate.parse_state(run(appstate.read_state("web", history_tail=3, base=base))[1])
     assert st["live"] == {"upstream": "nd-web-bbbbbbbb:80"} and st["route"]["upstream"] == "nd-web-aaaaaaaa:80"
+    # after a switch the replaced marker stays, dated 1980: the newest one is what serves
+    (live / "nd-web-cccccccc:80").touch()
+    os.utime(live / "nd-web-bbbbbbbb:80", (315532800, 315532800))
+    st = appstate.parse_state(run(appstate.read_state("web", history_tail=3, base=base))[1])
+    assert st["live"] == {"upstream": "nd-web-cccccccc:80"}
 
 
 def test_lock_then_read_takes_the_lock_and_reads_under_it_in_one_round_trip(base: str, tmp_path: Path) -> None:
