@@ -25,6 +25,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from ndctl.commands.proxy import NEWEST_LIVE
+
 Argv = list[str]
 
 BASE_DIR = "/var/lib/nextdeploy"
@@ -156,14 +158,13 @@ _READ_CURRENT = 'f="$1/apps/$2/current.json"; [ -f "$f" ] || exit 0; exec cat "$
 # trip: lines "lock JSON", "current JSON", "route JSON", "live JSON" (Caddy's newest live
 # marker: what the proxy serves, should a crash have left the route file behind), "history JSON".
 _READ_STATE = (
-    _HISTORY_FILES + 'a="$1/apps/$2"; '
+    _HISTORY_FILES + NEWEST_LIVE + 'a="$1/apps/$2"; '
     'p() { while IFS= read -r x || [ -n "$x" ]; do [ -z "$x" ] || printf "%s %s\\n" "$1" "$x"; done; }; '
     'if [ -d "$a/lock" ]; then if [ -f "$a/lock/info.json" ]; then p lock < "$a/lock/info.json"; '
     'else echo "lock {}"; fi; fi; '
     '[ ! -f "$a/current.json" ] || p current < "$a/current.json"; '
     '[ ! -f "$1/proxy/routes/$2.json" ] || p route < "$1/proxy/routes/$2.json"; '
-    'ls -1t "$1/proxy/live/$2" 2>/dev/null | while IFS= read -r n; do case $n in *:*) '
-    'printf \'live {"upstream":"%s"}\\n\' "$n"; break;; esac; done; '
+    'n=$(newest_live "$1/proxy/live/$2"); [ -z "$n" ] || printf \'live {"upstream":"%s"}\\n\' "$n"; '
     'hist "$a" | tail -n "$3" | p history; exit 0'
 )
 

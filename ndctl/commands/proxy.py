@@ -245,9 +245,16 @@ _CADDY_RELOAD = (
 # to 1980: a request that listed the directory just before may still look at that one, so
 # it stays until the next flip, which removes it (a rename here made such a request see
 # no marker at all). Temporary files stay outside the glob's reach.
-_MARKERS = (
-    'cur_live() { ls -1t "$d/live/$1" 2>/dev/null | while IFS= read -r n; do '
-    '  case $n in *:*) echo "$n"; break;; esac; done; }; '
+#: ``newest_live DIR``: the name of the newest marker in DIR (what Caddy takes), if any; shell
+#: builtins only. Seconds are enough for ``-nt``: a replaced marker is dated 1980.
+NEWEST_LIVE = (
+    'newest_live() { nl=; for f in "$1"/*:*; do [ -e "$f" ] || continue; '
+    '  if [ -z "$nl" ] || [ "$f" -nt "$1/$nl" ]; then nl=${f##*/}; fi; done; '
+    '  [ -z "$nl" ] || echo "$nl"; }; '
+)
+
+_MARKERS = NEWEST_LIVE + (
+    'cur_live() { newest_live "$d/live/$1"; }; '
     # (shell functions share their variables with the script: lt, not the commit's t)
     'new_live() { lt="$d/live/.$1.new"; : > "$lt" && chmod 0644 "$lt" && mv -f "$lt" "$d/live/$1/$2"; }; '
     'mk() { [ -n "$(cur_live "$1")" ] && return 0; mkdir -p -m 0755 "$d/live/$1" && new_live "$1" "$2" || return 1; '
