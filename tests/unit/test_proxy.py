@@ -758,6 +758,50 @@ def test_caddy_with_live_markers_names_no_container() -> None:
                      "body": "nextdeploy: app web: no live marker (/var/lib/nextdeploy/proxy/live/web)\n"}]}]}]
 
 
+def _backend(body: bytes):
+    """An HTTP server on a free loopback port answering ``body`` to every GET: (server, port)."""
+    import http.server
+    import threading
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a) -> None:
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, srv.server_address[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_caddy(tmp_path: Path, live_root: Path, upstream: str) -> tuple[subprocess.Popen, int]:
+    """This machine's Caddy running the marker config rendered for app ``web`` (2.6.2) on free
+    loopback ports, its markers under ``live_root`` instead of the proxy's directory: (process, port)."""
+    port, admin = _free_port(), _free_port()
+    doc = json.loads(render_caddy([Route("web", upstream)], (2, 6, 2)))
+    doc["admin"]["listen"] = f"127.0.0.1:{admin}"
+    doc["apps"]["http"]["servers"]["nextdeploy"]["listen"] = [f"127.0.0.1:{port}"]
+    conf = tmp_path / "caddy.json"
+    conf.write_text(json.dumps(doc).replace("/etc/nextdeploy/proxy/live", str(live_root)))
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+           "HOME": str(tmp_path)}
+    return subprocess.Popen(["caddy", "run", "--config", str(conf)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL), port
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/bin/caddy"), reason="no caddy binary here")
 def test_no_request_misses_the_marker_while_the_commit_scripts_flip_switches(tmp_path: Path) -> None:
     """Requests through this machine's Caddy while the commit script's ``flip`` switches back
@@ -765,45 +809,14 @@ def test_no_request_misses_the_marker_while_the_commit_scripts_flip_switches(tmp
     listed: a rename between the two made some requests see no marker (8-11 of ~1,000 over
     4,000 renames, measured); flip's newest-then-demote must lose none."""
     import http.client
-    import http.server
     import socket
     import threading
 
-    def backend(body: bytes) -> tuple[http.server.HTTPServer, int]:
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a) -> None:
-                pass
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        return srv, srv.server_address[1]
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    (blue, bport), (green, gport) = backend(b"blue"), backend(b"green")
-    port, admin = free_port(), free_port()
+    (blue, bport), (green, gport) = _backend(b"blue"), _backend(b"green")
     proxy_dir = tmp_path / "proxy"
     (proxy_dir / "live" / "web").mkdir(parents=True)
     (proxy_dir / "live" / "web" / f"127.0.0.1:{bport}").touch()
-    doc = json.loads(render_caddy([Route("web", f"127.0.0.1:{bport}")], (2, 6, 2)))
-    doc["admin"]["listen"] = f"127.0.0.1:{admin}"
-    doc["apps"]["http"]["servers"]["nextdeploy"]["listen"] = [f"127.0.0.1:{port}"]
-    conf = tmp_path / "caddy.json"
-    conf.write_text(json.dumps(doc).replace("/etc/nextdeploy/proxy/live", str(proxy_dir / "live")))
-    caddy = subprocess.Popen(["caddy", "run", "--config", str(conf)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"),
-                                                             "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
-                                                             "HOME": str(tmp_path)})
+    caddy, port = _local_caddy(tmp_path, proxy_dir / "live", f"127.0.0.1:{bport}")
     stop = threading.Event()
     seen: dict[bytes, int] = {}
     bad: list[tuple[int, bytes]] = []
@@ -853,47 +866,16 @@ def test_no_request_misses_the_marker_while_the_commit_scripts_flip_switches(tmp
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/caddy"), reason="no caddy binary here")
 def test_caddy_routes_by_live_marker_and_switches_without_a_reload(tmp_path: Path) -> None:
-    """This machine's Caddy serving the rendered config: requests follow the marker's rename,
+    """This machine's Caddy serving the rendered config: requests follow the newest marker,
     a malformed or missing marker is a 502 naming the app, and the config never changes."""
-    import http.server
-    import socket
-    import threading
     import urllib.error
     import urllib.request
 
-    def backend(body: bytes) -> tuple[http.server.HTTPServer, int]:
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a) -> None:
-                pass
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        return srv, srv.server_address[1]
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    (blue, bport), (green, gport) = backend(b"blue"), backend(b"green")
-    port, admin = free_port(), free_port()
+    (blue, bport), (green, gport) = _backend(b"blue"), _backend(b"green")
     live = tmp_path / "live" / "web"
     live.mkdir(parents=True)
     (live / f"127.0.0.1:{bport}").touch()
-    doc = json.loads(render_caddy([Route("web", f"127.0.0.1:{bport}")], (2, 6, 2)))
-    doc["admin"]["listen"] = f"127.0.0.1:{admin}"
-    doc["apps"]["http"]["servers"]["nextdeploy"]["listen"] = [f"127.0.0.1:{port}"]
-    conf = tmp_path / "caddy.json"
-    conf.write_text(json.dumps(doc).replace("/etc/nextdeploy/proxy/live", str(tmp_path / "live")))
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
-           "HOME": str(tmp_path)}
-    caddy = subprocess.Popen(["caddy", "run", "--config", str(conf)], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    caddy, port = _local_caddy(tmp_path, tmp_path / "live", f"127.0.0.1:{bport}")
 
     def get() -> tuple[int, str]:
         try:
