@@ -87,6 +87,14 @@ def __getattr__(name: str) -> object:
     raise AttributeError(name)
 
 
+def _click_exception() -> type[Exception]:
+    try:
+        from typer._click.exceptions import ClickException  # typer >= 0.26 carries its own click
+    except ImportError:
+        from click import ClickException
+    return ClickException
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry: the single place exceptions turn into exit statuses."""
     app = register_commands(modules_for(sys.argv[1:] if argv is None else list(argv)))
@@ -106,9 +114,7 @@ def run(argv: list[str] | None = None) -> None:
         sys.stderr.write("aborted\n")
         sys.exit(int(ExitStatus.USAGE))
     except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
+        if isinstance(e, _click_exception()):
             e.show()
             sys.exit(int(ExitStatus.USAGE))
         raise

@@ -39,3 +39,14 @@ def test_each_command_works_with_only_its_modules(command: str) -> None:
     assert "'ndctl.cli.dashboard'" not in modules or command == "dashboard"  # the TUI is never loaded for others
     r = subprocess.run([sys.executable, "-m", "ndctl", command, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "Usage: ndctl " + command in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("argv,status,stream,text", [
+    (["--version"], 0, "stdout", "ndctl "),
+    (["deploy", "-f", "/nonexistent/nextdeploy.yaml"], 2, "stderr", "no app definition"),
+    (["deplyo"], 2, "stderr", "No such command 'deplyo'"),  # once a traceback: typer's click is its own
+    (["deploy", "--bogus"], 2, "stderr", "No such option: --bogus"),
+])
+def test_python_dash_m_ndctl_exits_with_the_commands_status(argv, status, stream, text) -> None:
+    r = subprocess.run([sys.executable, "-m", "ndctl", *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == status and text in getattr(r, stream), r.stdout + r.stderr
