@@ -1,3 +1,3 @@
-from ndctl.cli.main import run
+from ndctl.cli.main import entry
 
-run()
+entry()

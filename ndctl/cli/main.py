@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -121,5 +121,40 @@ def run(argv: list[str] | None = None) -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def entry() -> None:
+    """The ``ndctl`` console script and ``python -m ndctl``: :func:`run`, then :func:`quick_exit`."""
+    try:
+        run()
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            quick_exit(e.code or 0)
+        raise
+
+
+def quick_exit(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown, once nothing else is running.
+
+    Freeing every module and object at exit takes 40-90 ms (more on a loaded
+    machine) that a deploy script or cron job waits for and gains nothing from.
+    atexit handlers run and output is flushed first; while another non-daemon
+    thread runs, this is a plain ``sys.exit`` that waits for it.
+    """
+    import atexit
+    import os
+    import threading
+
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)  # CPython's; elsewhere, the plain exit
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if run_exitfuncs is None or others:
+        sys.exit(code)
+    run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or a full disk: what was written is incomplete
+            code = code or int(ExitStatus.ERROR)
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    run()
+    entry()

@@ -41,6 +41,24 @@ def test_each_command_works_with_only_its_modules(command: str) -> None:
     assert r.returncode == 0 and "Usage: ndctl " + command in r.stdout, r.stdout + r.stderr
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_quick_exit_runs_the_atexit_handlers_flushes_and_keeps_the_status() -> None:
+    r = _python("import atexit, sys\nfrom ndctl.cli.main import quick_exit\n"
+                "atexit.register(lambda: print('atexit ran'))\n"
+                "sys.stdout.write('buffered, ')\nsys.stderr.write('err')\nquick_exit(3)\n")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "buffered, atexit ran\n", "err")
+
+
+def test_quick_exit_waits_for_a_running_non_daemon_thread() -> None:
+    r = _python("import threading, time\nfrom ndctl.cli.main import quick_exit\n"
+                "threading.Thread(target=lambda: (time.sleep(0.3), print('thread finished'))).start()\n"
+                "quick_exit(4)\n")
+    assert (r.returncode, r.stdout) == (4, "thread finished\n")
+
+
 @pytest.mark.parametrize("argv,status,stream,text", [
     (["--version"], 0, "stdout", "ndctl "),
     (["deploy", "-f", "/nonexistent/nextdeploy.yaml"], 2, "stderr", "no app definition"),
