@@ -197,9 +197,14 @@ def acquire_lock(app: str, base: str = BASE_DIR) -> Argv:
 _ACQUIRE_THEN_READ = (
     'acq=$1; st=$2; b=$3; a=$4; n=$5; shift 5; '
     'sh -c "$acq" nd-lock "$b" "$a" || exit $?; echo locked; '
+    # The image listing (a docker call of its own) runs beside the reads, into a temporary
+    # file; without one, after them.
+    'i=; t=$(mktemp 2>/dev/null) && { trap \'rm -f "$t"\' EXIT; trap "exit 129" HUP INT TERM; '
+    'docker image ls --no-trunc --quiet </dev/null >"$t" & i=$!; }; '
     'sh -c "$st" nd-state "$b" "$a" "$n" </dev/null || exit 3; '
     '"$@" </dev/null || exit 3; '
-    'docker image ls --no-trunc --quiet </dev/null && echo "images listed"; exit 0'
+    'if [ -n "$i" ]; then wait "$i" && cat "$t" && echo "images listed"; '
+    'else docker image ls --no-trunc --quiet </dev/null && echo "images listed"; fi; exit 0'
 )
 
 

@@ -293,7 +293,9 @@ def test_lock_then_read_takes_the_lock_and_reads_under_it_in_one_round_trip(base
     (bin_dir / "docker").write_text(f'#!/bin/sh\n[ "$*" = "image ls --no-trunc --quiet" ] && exec cat "{images}"\n'
                                     'exit 1\n')
     (bin_dir / "docker").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp)}
     images.write_text("sha256:" + "a" * 64 + "\n")
     c = {"name": "/nd-web-aaaaaaaa", "labels": {"com.nextdeploy.app": "web", "com.nextdeploy.role": "app"}}
     listing = ["sh", "-c", 'printf "%s\\n" "$1"', "list", json.dumps(c)]
@@ -325,6 +327,32 @@ def test_lock_then_read_takes_the_lock_and_reads_under_it_in_one_round_trip(base
     images.unlink()
     rc, out, _ = run(argv, info("eeeeeeee"), env)
     assert rc == 0 and "images listed" not in out and out.startswith("locked\n")
+    run(appstate.release_lock("web", "eeeeeeee", base=base))
+    assert not list(tmp.iterdir())  # the listing's temporary file is gone every time
+
+
+def test_lock_then_read_lists_the_images_beside_the_reads(base: str, tmp_path: Path) -> None:
+    bin_dir, tmp = tmp_path / "bin", tmp_path / "tmp"
+    bin_dir.mkdir()
+    tmp.mkdir()
+    started = tmp_path / "image-listing-started"
+    (bin_dir / "docker").write_text(f'#!/bin/sh\ntouch "{started}"\necho sha256:{"b" * 64}\n')
+    (bin_dir / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp)}
+    # the container listing succeeds only if the image listing started while it runs
+    listing = ["sh", "-c", 'for i in $(seq 100); do [ -e "$1" ] && exec echo "{}"; sleep 0.05; done; exit 1',
+               "list", str(started)]
+    rc, out, err = run(appstate.acquire_lock_then_read("web", listing, base=base), info("aaaaaaaa"), env)
+    assert rc == 0, err
+    assert out.splitlines()[-3:] == ["{}", "sha256:" + "b" * 64, "images listed"]
+    assert not list(tmp.iterdir())
+    run(appstate.release_lock("web", "aaaaaaaa", base=base))
+
+    # no temporary file to be had: the images are listed after the reads
+    started.unlink()
+    rc, out, _ = run(appstate.acquire_lock_then_read("web", ["sh", "-c", "echo {}"], base=base), info("bbbbbbbb"),
+                     {**env, "TMPDIR": str(tmp_path / "missing")})
+    assert rc == 0 and out.splitlines()[-3:] == ["{}", "sha256:" + "b" * 64, "images listed"]
 
 
 def test_parse_state_skips_torn_lines() -> None:
