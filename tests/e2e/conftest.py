@@ -22,10 +22,11 @@ class Cli:
     ssh_config: Path
     home: Path
 
-    def __call__(self, *args: str, input: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 180,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "ndctl", *args], env=self.env, input=input,
                               stdin=None if input is not None else subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
     def json(self, *args: str) -> object:
         """Run with ``-o json`` (placed before any ``--``) and parse stdout."""

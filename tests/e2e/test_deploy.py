@@ -21,17 +21,18 @@ pytestmark = pytest.mark.e2e
 APP = "ndtweb"
 
 
-def build_app_image(tmp_path: Path, tag: str, body: str, *, healthy: bool = True) -> str:
-    """A busybox httpd image whose / says ``body``; /health exists only when ``healthy``."""
+def build_app_image(tmp_path: Path, tag: str, body: str, *, healthy: bool = True, health: str = "health") -> str:
+    """A busybox httpd image whose / says ``body``; /``health`` exists only when ``healthy``."""
     tar = sandbox.busybox_rootfs_tar(tmp_path / f"{tag.replace(':', '_')}.tar")
     www = tmp_path / f"www-{tag.replace(':', '_')}"
     www.mkdir()
     (www / "index.html").write_text(body + "\n")
     if healthy:
-        (www / "health").write_text("ok\n")
-    with tarfile.open(tar, "a") as tf:
-        for f in www.iterdir():
-            tf.add(f, arcname=f"www/{f.name}")
+        (www / health).parent.mkdir(parents=True, exist_ok=True)
+        (www / health).write_text("ok\n")
+    with tarfile.open(tar, "a") as tf:  # the rootfs has www/ already: its entries, not the directory
+        for f in sorted(www.rglob("*")):
+            tf.add(f, arcname=f"www/{f.relative_to(www).as_posix()}", recursive=False)
     subprocess.run(["docker", "import", "--change", 'CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]',
                     str(tar), tag], check=True, capture_output=True)
     return tag
@@ -141,3 +142,42 @@ def test_blue_green_deploy_failure_rollback_history_and_lock(deploy_env) -> None
     assert r.returncode == 0, r.stderr
     assert h0.exec("test", "-e", f"/var/lib/nextdeploy/apps/{APP}/lock", check=False).returncode == 1
     assert appstate.LOCK_HELD == 75
+
+
+def test_the_issues_command_lines_work_exactly_as_written(deploy_env, tmp_path: Path) -> None:
+    """``ndctl deploy --strategy blue-green --health-check /api/health`` with nextdeploy.yaml in the
+    current directory, and ``ndctl run postgres -v db-data:/var/lib/postgresql``, verbatim."""
+    cli, hosts, spec = deploy_env
+    build_app_image(tmp_path, "ndt-web:api", "hello api", health="api/health")  # no /health
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    # The file says recreate and /health: only the flags make this a blue-green deploy that passes.
+    (app_dir / "nextdeploy.yaml").write_text(spec.read_text().replace("image: ndt-web:v1", "image: ndt-web:api")
+                                             + "strategy: recreate\n")
+    accessory = ("docker rm -f postgres; docker volume rm db-data; docker image rm postgres:latest "
+                 "ndt-pg:latest")
+    try:
+        r = cli("deploy", "--strategy", "blue-green", "--health-check", "/api/health", cwd=app_dir, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert [serve(h) for h in hosts] == ["hello api"] * len(hosts)
+        hist = json.loads(cli("deploy", "history", APP, "-o", "json", cwd=app_dir).stdout)
+        assert hist[-1]["strategy"] == "blue-green" and hist[-1]["version"] == "api"
+
+        # `postgres` stands for a long-running image each host already has (no registry here)
+        tar = sandbox.busybox_rootfs_tar(tmp_path / "pg.tar")
+        subprocess.run(["docker", "import", "--change", 'CMD ["/bin/busybox", "sh", "-c", '
+                        '"trap \'exit 0\' TERM; while :; do /bin/busybox sleep 1; done"]', str(tar), "ndt-pg:latest"],
+                       check=True, capture_output=True, timeout=120)
+        for h in hosts:
+            caddyimage.load_into(h, "ndt-pg:latest")
+            h.exec("docker", "tag", "ndt-pg:latest", "postgres:latest")
+        r = cli("run", "postgres", "-v", "db-data:/var/lib/postgresql", timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        for h in hosts:
+            st = h.exec("docker", "inspect", "-f", "{{.State.Running}} {{range .Mounts}}{{.Type}}:{{.Name}}:"
+                        "{{.Destination}}{{end}}", "postgres").stdout.split()
+            assert st == ["true", "volume:db-data:/var/lib/postgresql"], (h.name, st)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", "ndt-web:api", "ndt-pg:latest"], capture_output=True)
+        for h in hosts:
+            h.exec("sh", "-c", accessory, check=False)
