@@ -255,8 +255,8 @@ class Deploy:
 
     @property
     def outside_steps(self) -> float:
-        """Wall time in no step: interpreter start-up and imports, SSH connections, reading the host state,
-        planning, output."""
+        """Wall time in no step: interpreter start-up and imports, reading the app definition and
+        inventory, planning, output, exit. ``ensure-proxy`` and ``lock`` run at once: their longer counts."""
         actions = {s["action"] for steps in self._steps().values() for s in steps}
         parts = {"bookkeeping" if a in BOOKKEEPING else a for a in actions} - set(SIDE_BY_SIDE)
         per_host = [self._per_host((a,)) for a in SIDE_BY_SIDE]

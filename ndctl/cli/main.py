@@ -96,7 +96,7 @@ def _click_exception() -> type[Exception]:
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Console-script entry: the single place exceptions turn into exit statuses."""
+    """The CLI, ending in ``SystemExit``: the single place exceptions turn into exit statuses."""
     app = register_commands(modules_for(sys.argv[1:] if argv is None else list(argv)))
     try:
         rv = app(args=argv, prog_name="ndctl", standalone_mode=False)
