@@ -199,7 +199,7 @@ _ACQUIRE_THEN_READ = (
     'sh -c "$acq" nd-lock "$b" "$a" || exit $?; echo locked; '
     # The image listing (a docker call of its own) runs beside the reads, into a temporary
     # file; without one, after them.
-    'i=; t=$(mktemp 2>/dev/null) && { trap \'rm -f "$t"\' EXIT; trap "exit 129" HUP INT TERM; '
+    'i=; t=$(mktemp 2>/dev/null) && { trap \'rm -f "$t"\' EXIT; trap "exit 129" HUP INT TERM PIPE; '
     'docker image ls --no-trunc --quiet </dev/null >"$t" & i=$!; }; '
     'sh -c "$st" nd-state "$b" "$a" "$n" </dev/null || exit 3; '
     '"$@" </dev/null || exit 3; '
