@@ -290,6 +290,27 @@ def schedule_stop(app: str, container: str, *, delay: float, timeout: float, bas
             str(math.ceil(delay)), str(math.ceil(timeout))]
 
 
+# Before switching back to a release that still runs (a rollback inside its grace
+# period), the delayed stop scheduled for it (schedule_stop) must not
+# fire: its sleeper is killed, and a `docker stop` already under way (the sleeper
+# checked current.json before the rollback wrote it) is waited for. Prints the
+# container's State.Running afterwards: "false" means it was stopped meanwhile and
+# the rollback must start it again. $1 container, $2 polls of 0.2 s at most.
+_DEFUSE_STOP = (
+    'c="$1"; pkill -f "nd-stop-later [^ ]* [^ ]* $c " 2>/dev/null; i=0; '
+    'while pgrep -f "docker stop -t [0-9]* $c\\$" >/dev/null 2>&1; do '
+    'i=$((i + 1)); [ "$i" -lt "$2" ] || break; sleep 0.2; done; '
+    'exec docker container inspect --format "{{.State.Running}}" "$c"'
+)
+
+
+def defuse_stop(container: str, *, wait: float) -> Argv:
+    """Cancel the pending delayed stop of ``container`` and wait (up to ``wait`` s) for one in flight."""
+    if not _CONTAINER_RE.match(container):
+        raise ValueError(f"invalid container name {container!r}")
+    return ["sh", "-c", _DEFUSE_STOP, "nd-defuse-stop", container, str(max(1, int(wait / 0.2)))]
+
+
 def parse_state(text: str) -> dict[str, Any]:
     """The output of :func:`read_state` -> ``{"lock","current","route","live": dict|None, "history": [dict]}``.
 
@@ -321,5 +342,5 @@ def parse_state(text: str) -> dict[str, Any]:
 __all__ = [
     "BASE_DIR", "LOCK_HELD", "operator", "lock_payload", "current_payload", "history_payload",
     "acquire_lock", "acquire_lock_then_read", "release_lock", "read_lock", "append_history", "read_history",
-    "write_current", "read_current", "read_state", "parse_state", "schedule_stop",
+    "write_current", "read_current", "read_state", "parse_state", "schedule_stop", "defuse_stop",
 ]

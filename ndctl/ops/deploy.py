@@ -85,30 +85,6 @@ def port_clash(host: str, kind: str, text: str) -> str | None:
             f"free the port and deploy again (nothing was deployed)")
 
 
-# Before switching back to a release that still runs (a rollback inside its grace
-# period), the delayed stop scheduled for it (appstate.schedule_stop) must not
-# fire: its sleeper is killed, and a `docker stop` already under way (the sleeper
-# checked current.json before the rollback wrote it) is waited for. Prints the
-# container's State.Running afterwards: "false" means it was stopped meanwhile and
-# the rollback must start it again. $1 container, $2 polls of 0.2 s at most.
-_DEFUSE_STOP = (
-    'c="$1"; pkill -f "nd-stop-later [^ ]* [^ ]* $c " 2>/dev/null; i=0; '
-    'while pgrep -f "docker stop -t [0-9]* $c\\$" >/dev/null 2>&1; do '
-    'i=$((i + 1)); [ "$i" -lt "$2" ] || break; sleep 0.2; done; '
-    'exec docker container inspect --format "{{.State.Running}}" "$c"'
-)
-
-
-def defuse_stop_argv(container: str, *, wait: float) -> list[str]:
-    """Cancel the pending delayed stop of ``container`` and wait (up to ``wait`` s) for one in flight."""
-    if not _CONTAINER_RE.match(container):
-        raise ValueError(f"invalid container name {container!r}")
-    return ["sh", "-c", _DEFUSE_STOP, "nd-defuse-stop", container, str(max(1, int(wait / 0.2)))]
-
-
-_CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
 class StepFailed(NdctlError):
     exit_status = ExitStatus.HOST_FAILED
 
@@ -614,7 +590,7 @@ class Deployer:
         starts = any(s.action in (dp.Action.START, dp.Action.START_EXISTING) for s in plan.steps) if plan else True
         if target is None or not target.running or starts:
             return True
-        r = await self._run(run.host, defuse_stop_argv(target.name, wait=self.spec.stop_timeout + 10),
+        r = await self._run(run.host, appstate.defuse_stop(target.name, wait=self.spec.stop_timeout + 10),
                             timeout=self.spec.stop_timeout + 60)
         if r.ok and r.stdout.strip() == "false":
             self.on_event(run.host.name, "note", f"{target.name} was being stopped (its grace period had "

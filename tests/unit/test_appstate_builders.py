@@ -406,3 +406,10 @@ def test_scheduled_stop_spares_a_container_that_serves_again(base: str, fake_doc
         version="v1", deploy_id="aaaaaaaa", container="nd-web-aaaaaaaa", port=80, switched_at="t"))
     _wait_for(int(out))
     assert not log.exists()
+
+
+def test_defuse_stop() -> None:
+    argv = appstate.defuse_stop("nd-web-aaaaaaaa", wait=20)
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["nd-defuse-stop", "nd-web-aaaaaaaa", "100"]
+    with pytest.raises(ValueError):
+        appstate.defuse_stop("-rf x", wait=1)

@@ -319,13 +319,6 @@ def test_rollback_to_a_running_release_cancels_its_delayed_stop_first() -> None:
     assert [s["action"] for s in result["h1"].value["rolled_back"]["steps"]].count("health-check") == 0
 
 
-def test_defuse_stop_argv() -> None:
-    argv = ops.defuse_stop_argv("nd-web-aaaaaaaa", wait=20)
-    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["nd-defuse-stop", "nd-web-aaaaaaaa", "100"]
-    with pytest.raises(ValueError):
-        ops.defuse_stop_argv("-rf x", wait=1)
-
-
 def test_without_the_flag_nothing_is_rolled_back() -> None:
     w = World(["h1", "h2"])
     w.seed()
