@@ -30,6 +30,13 @@ class HostResult:
     def ok(self) -> bool:
         return self.status is Status.OK
 
+    @property
+    def reason(self) -> str:
+        """Why it failed, in one phrase: the transport's error, else the command's stderr, else its status."""
+        if self.error or self.stderr.strip():
+            return self.error or self.stderr.strip()
+        return "no exit status" if self.exit_code is None else f"exit status {self.exit_code}"
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "host": self.host,

@@ -132,7 +132,7 @@ async def register(
         presented = runner.presented_keys[host.name]
         result = await gather_facts(runner, host, helper_dir=inv.settings.helper_dir)
         if not result.ok:
-            detail = result.error or result.stderr.strip() or f"exit status {result.exit_code}"
+            detail = result.reason
             raise RemoteError(f"gathering facts on {name} failed: {detail}", result)
         ed25519 = key_line(presented) if presented.get_algorithm() == "ssh-ed25519" else None
         if ed25519 is None:
@@ -175,7 +175,7 @@ async def refresh(inv: Inventory, hosts: list[Host], opts: RunOptions, *,
             entry.facts, entry.last_seen, entry.last_error = r.value.to_dict(), now, None
             new_auto[h.name] = compute_auto_tags(r.value, inv.thresholds)
         else:
-            entry.last_error = r.error or r.stderr.strip() or f"exit status {r.exit_code}"
+            entry.last_error = r.reason
         cache.put(h.id, entry)
     if new_auto:
         with locked(inv.path) as fresh:

@@ -217,7 +217,7 @@ class Deployer:
 
     def _unreadable(self, host: Host, r: HostResult) -> RemoteError:
         return RemoteError(f"{host.name}: cannot read the state of {self.spec.app}: "
-                           f"{explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code}", r)
+                           f"{explain(host.name, r) or r.reason}", r)
 
     async def _begin(self, run: HostRun, deploy_id: str) -> dp.HostState:
         """The begin steps and the observation. The proxy's step (one read when all is there)
@@ -249,7 +249,7 @@ class Deployer:
             run.locked = run.lock_pending = False
             return
         raise StepFailed(dp.Step(dp.Action.UNLOCK, deploy_id=deploy_id),
-                         explain(run.host.name, r) or r.error or r.stderr.strip() or f"exit status {r.exit_code}", r)
+                         explain(run.host.name, r) or r.reason, r)
 
     async def _release_quietly(self, run: HostRun, deploy_id: str) -> None:
         if not (run.locked or run.lock_pending):
@@ -314,8 +314,7 @@ class Deployer:
             if not r.ok:
                 if taken:
                     raise self._unreadable(host, r)
-                raise StepFailed(step, explain(host.name, r) or r.error or r.stderr.strip()
-                                 or f"exit status {r.exit_code}", r)
+                raise StepFailed(step, explain(host.name, r) or r.reason, r)
             run.observed = self._host_state(host, r.stdout, r.stdout, [x for x in lines if x.startswith("sha256:")]
                                             if "images listed" in lines else None)
         elif step.action is A.REMOVE:
@@ -337,8 +336,7 @@ class Deployer:
                                                   registry_auth=self.registry_auth if source == "pull" else None)
                      ).results[0]
             if not r.ok:
-                raise StepFailed(step, explain(host.name, r) or r.error or r.stderr.strip()
-                                 or f"exit status {r.exit_code}", r)
+                raise StepFailed(step, explain(host.name, r) or r.reason, r)
             run.image_id = (r.value or {}).get("image_id")  # what the pull brought: history names it
         elif step.action is A.START:
             # a re-created release runs with the secrets it ran with, even when named only with --secret then
@@ -892,7 +890,7 @@ async def serving_container(runner: Runner, host: Host, app: str) -> HostResult:
     if r.status is Status.UNREACHABLE:
         return r
     if not r.ok:
-        why = explain(host.name, r) or r.error or r.stderr.strip() or r.exit_code
+        why = explain(host.name, r) or r.reason
         r.error = f"cannot read the state of {app}: {why}"
         return r
     st = dp.HostState.from_outputs(host.name, app, state_text=r.stdout, history_tail=1)

@@ -256,7 +256,7 @@ def unseal_error(host: str, r: HostResult) -> str:
                 f"re-register (`ndctl agent register --name {host} --trust-host-key`) and `ndctl secrets rekey`")
     if code == host_cmds.UNSEAL_FAILED:
         return f"{host} cannot decrypt its secrets with its host key; `ndctl secrets rekey`, then deploy again"
-    return r.error or r.stderr.strip() or f"exit status {code}"
+    return r.reason
 
 
 async def deliver(runner: Any, d: HostDelivery, app: str, *, who: str) -> str:
@@ -270,7 +270,7 @@ async def deliver(runner: Any, d: HostDelivery, app: str, *, who: str) -> str:
     r = await run(host_cmds.install_support())
     if not r.ok:
         raise RemoteError(f"installing the secrets scripts on {h.name} failed: "
-                          f"{r.error or r.stderr.strip() or r.exit_code}", r)
+                          f"{r.reason}", r)
     boot = next((ln.split(": ", 1)[1] for ln in r.stdout.splitlines() if ln.startswith("boot: ")), "none")
     r = await run(host_cmds.unseal(app, who=who, expected_host_key=d.host_key, check=True))
     if not r.ok:  # nothing stored yet: no partial state
@@ -278,7 +278,7 @@ async def deliver(runner: Any, d: HostDelivery, app: str, *, who: str) -> str:
     for name, ct in d.ciphertexts.items():
         r = await run(host_cmds.store_ciphertext(app, name), input=ct)
         if not r.ok:
-            raise RemoteError(f"storing secret {name} on {h.name} failed: {r.error or r.stderr.strip()}", r)
+            raise RemoteError(f"storing secret {name} on {h.name} failed: {r.reason}", r)
     r = await run(host_cmds.unseal(app, who=who, expected_host_key=d.host_key))
     if not r.ok:
         raise RemoteError(unseal_error(h.name, r), r)
