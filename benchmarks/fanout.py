@@ -128,6 +128,9 @@ class Workspace:
         self.listeners = set(fleet.pids)
         self._run_no = 0
         self.ndctl_bin = "python -m ndctl"
+        # ndctl runs from this tree: byte-compile it as `pip install` does the other tools (with
+        # PYTHONDONTWRITEBYTECODE set, as on the machines this runs on, every run would compile it)
+        subprocess.run([PY, "-m", "compileall", "-q", str(REPO / "ndctl")], capture_output=True, check=False)
         (root / "scripts").mkdir()
         (root / "logs").mkdir()
         (root / "cp").mkdir()
@@ -600,7 +603,7 @@ def versions(ws: Workspace | None) -> dict[str, str]:
     if dirty.stdout.strip():
         where += ", uncommitted changes"
     return {
-        "ndctl": f"{nd} (working tree {REPO}, {where}); run as `{Path(PY).name} -m ndctl` / the Python API",
+        "ndctl": f"{nd} (working tree {REPO}, {where}, byte-compiled first); run as `{Path(PY).name} -m ndctl` / the Python API",
         "asyncssh": C.dist_version("asyncssh"),
         "ansible-core": C.first_line_of([tool_bin("ansible"), "--version"]),
         "pyinfra": C.first_line_of([tool_bin("pyinfra"), "--version"]),
