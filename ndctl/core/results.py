@@ -33,9 +33,8 @@ class HostResult:
     @property
     def reason(self) -> str:
         """Why it failed, in one phrase: the transport's error, else the command's stderr, else its status."""
-        if self.error or self.stderr.strip():
-            return self.error or self.stderr.strip()
-        return "no exit status" if self.exit_code is None else f"exit status {self.exit_code}"
+        status = "no exit status" if self.exit_code is None else f"exit status {self.exit_code}"
+        return self.error or self.stderr.strip() or status
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
