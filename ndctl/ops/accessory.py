@@ -339,9 +339,6 @@ def plan(spec: AccessorySpec, image_id: str, doc: dict[str, Any] | None, *, repl
 # Running it on hosts
 # ---------------------------------------------------------------------------
 
-def _sudo(host: Host, argv: list[str]) -> list[str]:
-    return for_host(argv, host)
-
 
 async def _image_ids(runner: Runner, hosts: Sequence[Host], spec: AccessorySpec, *, ship: bool,
                      pull: PullPolicy, forks: int | None) -> tuple[dict[str, str], list[HostResult]]:
@@ -419,7 +416,7 @@ async def run_accessory(
         return _skipped(hosts, failures)
 
     inspected = await runner.fan_out(
-        hosts, lambda h: runner.run(h, _sudo(h, inspect_argv(spec.name)), timeout=60), forks)
+        hosts, lambda h: runner.run(h, for_host(inspect_argv(spec.name), h), timeout=60), forks)
     plans: dict[str, Plan] = {}
     for r in inspected:
         if r.status is Status.UNREACHABLE:
@@ -449,10 +446,10 @@ async def run_accessory(
         if p.action == "none":
             return HostResult(h.name, Status.OK, 0, duration=time.monotonic() - started, value=value)
         if p.action == "start":
-            r = await runner.run(h, _sudo(h, start_argv(p.container_id or spec.name)), timeout=timeout or 120)
+            r = await runner.run(h, for_host(start_argv(p.container_id or spec.name), h), timeout=timeout or 120)
         else:
-            r = await runner.run(h, _sudo(h, create_argv(spec, ids[h.name], p.container_id if p.action == "replace"
-                                                          else None)), timeout=timeout or 300)
+            replaced = p.container_id if p.action == "replace" else None
+            r = await runner.run(h, for_host(create_argv(spec, ids[h.name], replaced), h), timeout=timeout or 300)
             if r.ok:
                 value["id"] = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else None
         if not r.ok and r.status is Status.FAILED and not r.error:
@@ -462,7 +459,7 @@ async def run_accessory(
 
     result = await runner.fan_out(hosts, apply, forks)
     if follow and result.ok:
-        await runner.fan_out(hosts, lambda h: runner.run(h, _sudo(h, logs_argv(spec.name)), on_output=on_output),
+        await runner.fan_out(hosts, lambda h: runner.run(h, for_host(logs_argv(spec.name), h), on_output=on_output),
                              forks)
     return result
 
@@ -493,7 +490,7 @@ async def run_oneoff(
 
     async def one(h: Host) -> HostResult:
         name = oneoff_name(spec, token)
-        r = await runner.run(h, _sudo(h, oneoff_argv(spec, ids[h.name], name=name, detach=detach)),
+        r = await runner.run(h, for_host(oneoff_argv(spec, ids[h.name], name=name, detach=detach), h),
                              on_output=None if detach else on_output, timeout=timeout)
         r.value = {"action": "started" if detach else "ran", "container": name, "image_id": ids[h.name]}
         if r.status is Status.FAILED and not r.error and r.exit_code in (125, 126, 127):

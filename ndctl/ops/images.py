@@ -246,13 +246,10 @@ async def local_image_id(image: str) -> str:
 # Hosts
 # ---------------------------------------------------------------------------
 
-def _sudo(host: Host, argv: list[str]) -> list[str]:
-    return for_host(argv, host)
-
 
 async def host_image_id(runner: Runner, host: Host, image: str, timeout: float | None = 60) -> HostResult:
     """``value`` = the host's id of ``image`` (None when it has none); FAILED when Docker cannot say."""
-    r = await runner.run(host, _sudo(host, image_id_argv(image)), timeout=timeout)
+    r = await runner.run(host, for_host(image_id_argv(image), host), timeout=timeout)
     if r.status is Status.UNREACHABLE:
         return r
     try:
@@ -337,7 +334,7 @@ async def _ship(runner: Runner, hosts: Sequence[Host], image: str, local_id: str
         return None
 
     async def load(h: Host, sink: _Sink) -> HostResult:
-        r = await runner.run_stream(h, _sudo(h, load_argv()), sink, timeout=timeout)
+        r = await runner.run_stream(h, for_host(load_argv(), h), sink, timeout=timeout)
         sent = (r.value or {}).get("stdin_bytes", 0)
         if r.ok:
             check = await host_image_id(runner, h, image)
@@ -371,7 +368,7 @@ async def _pull(runner: Runner, host: Host, image: str, auth: RegistryAuth | Non
                 timeout: float | None) -> HostResult:
     started = time.monotonic()
     password = auth.password.reveal() + "\n" if auth is not None else None
-    r = await runner.run(host, _sudo(host, pull_argv(image, auth)), input=password, timeout=timeout)
+    r = await runner.run(host, for_host(pull_argv(image, auth), host), input=password, timeout=timeout)
     if not r.ok:
         if r.status is Status.FAILED:
             r.error = f"docker pull {image} failed: {r.stderr.strip()[-2000:] or r.error or r.exit_code}"
