@@ -21,10 +21,12 @@ import json
 import math
 import os
 import re
+import shlex
 import socket
 from collections.abc import Mapping
 from typing import Any
 
+from ndctl.commands.docker import image_ids
 from ndctl.commands.proxy import NEWEST_LIVE
 
 Argv = list[str]
@@ -199,18 +201,19 @@ _ACQUIRE_THEN_READ = (
     'sh -c "$acq" nd-lock "$b" "$a" || exit $?; echo locked; '
     # The image listing (a docker call of its own) runs beside the reads, into a temporary
     # file; without one, after them.
+    'ids() { ' + shlex.join(image_ids()) + ' </dev/null; }; '
     'i=; t=$(mktemp 2>/dev/null) && { trap \'rm -f "$t"\' EXIT; trap "exit 129" HUP INT TERM PIPE; '
-    'docker image ls --no-trunc --quiet </dev/null >"$t" & i=$!; }; '
+    'ids >"$t" & i=$!; }; '
     'sh -c "$st" nd-state "$b" "$a" "$n" </dev/null || exit 3; '
     '"$@" </dev/null || exit 3; '
     'if [ -n "$i" ]; then wait "$i" && cat "$t" && echo "images listed"; '
-    'else docker image ls --no-trunc --quiet </dev/null && echo "images listed"; fi; exit 0'
+    'else ids && echo "images listed"; fi; exit 0'
 )
 
 
 def acquire_lock_then_read(app: str, listing: Argv, *, history_tail: int = 200, base: str = BASE_DIR) -> Argv:
     """:func:`acquire_lock` and, once held, :func:`read_state`, ``listing`` (the app's
-    containers) and ``docker image ls --no-trunc --quiet``: one round trip instead of two.
+    containers) and :func:`docker.image_ids`: one round trip instead of two.
 
     stdin: :func:`lock_payload`. Lock held by another: as :func:`acquire_lock` (exit
     :data:`LOCK_HELD`, its info on stdout). Taken: ``locked``, then the three outputs one

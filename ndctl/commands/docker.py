@@ -283,6 +283,11 @@ def image_id(ref: str) -> Argv:
     return ["docker", "image", "inspect", "--format", "{{.Id}}", _ref(ref)]
 
 
+def image_ids() -> Argv:
+    """Every image id the host's engine has (``sha256:...``), one per line."""
+    return ["docker", "image", "ls", "--no-trunc", "--quiet"]
+
+
 def image_inspect(*refs: str) -> Argv:
     """One :data:`IMAGE_FORMAT` JSON object per line."""
     return ["docker", "image", "inspect", "--format", IMAGE_FORMAT, *(_ref(r) for r in refs)]

@@ -203,7 +203,7 @@ class Deployer:
         c, s, ids = await asyncio.gather(
             self._run(host, docker.list_app_containers(app)),
             self._run(host, appstate.read_state(app, history_tail=OBSERVED_HISTORY)),
-            self._run(host, ["docker", "image", "ls", "--no-trunc", "--quiet"]))
+            self._run(host, docker.image_ids()))
         for r in (c, s):
             if not r.ok:
                 raise self._unreadable(host, r)

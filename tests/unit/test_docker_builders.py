@@ -284,3 +284,7 @@ def test_list_app_containers_retries_when_one_vanishes(fake_docker: Path) -> Non
     out = _run(docker.list_app_containers("web"), fake_docker, FAKE_IDS="id1\nid2", FAKE_MISSING_ONCE="id2")
     assert out.returncode == 0
     assert [json.loads(x) for x in out.stdout.splitlines()] == [{"id": "id1"}, {"id": "id2"}]  # no torn output
+
+
+def test_image_ids() -> None:
+    assert docker.image_ids() == ["docker", "image", "ls", "--no-trunc", "--quiet"]
