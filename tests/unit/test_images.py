@@ -263,12 +263,6 @@ def test_tee_passes_a_producer_failure_to_the_consumers():
 # --------------------------------------------------------------------------- run_stream (mock sshd)
 
 
-@pytest.fixture(scope="module")
-def server():
-    with mockssh.Server({"ndtest": str(USER_KEY)}) as s:
-        yield s
-
-
 def _opts(tmp_path: Path, server) -> RunOptions:
     p = tmp_path / "known_hosts"
     p.write_text(f"[{server.host}]:{server.port} {SERVER_PUB[0]} {SERVER_PUB[1]}\n")
