@@ -26,7 +26,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from ndctl.commands.docker import image_ids
+from ndctl.commands.docker import DEPLOY_ID_RE, check_name, image_ids
 from ndctl.commands.proxy import NEWEST_LIVE
 
 Argv = list[str]
@@ -35,8 +35,6 @@ BASE_DIR = "/var/lib/nextdeploy"
 LOCK_HELD = 75  # EX_TEMPFAIL: another deploy holds the lock; its info.json is on stdout
 
 _APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-_DEPLOY_ID_RE = re.compile(r"^[0-9a-f]{8}$")
-_CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _app(app: str) -> str:
@@ -52,7 +50,7 @@ def _base(base: str) -> str:
 
 
 def _deploy_id(deploy_id: str) -> str:
-    if not isinstance(deploy_id, str) or not _DEPLOY_ID_RE.match(deploy_id):
+    if not isinstance(deploy_id, str) or not DEPLOY_ID_RE.match(deploy_id):
         raise ValueError(f"invalid deploy id {deploy_id!r} (8 lowercase hex digits)")
     return deploy_id
 
@@ -81,8 +79,7 @@ def lock_payload(*, who: str, from_: str, at: str, version: str, deploy_id: str)
 
 
 def current_payload(*, version: str, deploy_id: str, container: str, port: int, switched_at: str) -> bytes:
-    if not _CONTAINER_RE.match(container):
-        raise ValueError(f"invalid container name {container!r}")
+    check_name(container)
     return _line({"version": version, "deploy_id": _deploy_id(deploy_id), "container": container,
                   "port": int(port), "switched_at": switched_at})
 
@@ -285,8 +282,7 @@ def schedule_stop(app: str, container: str, *, delay: float, timeout: float, bas
     Prints the sleeper's pid. A reboot in between loses the sleeper; the next
     deploy stops such leftovers (``deployplan`` recovery).
     """
-    if not _CONTAINER_RE.match(container):
-        raise ValueError(f"invalid container name {container!r}")
+    check_name(container)
     if delay < 0 or timeout < 0:
         raise ValueError("delay and timeout must not be negative")
     return ["sh", "-c", _SCHEDULE_STOP, "nd-stop-later", _base(base), _app(app), container,
@@ -309,8 +305,7 @@ _DEFUSE_STOP = (
 
 def defuse_stop(container: str, *, wait: float) -> Argv:
     """Cancel the pending delayed stop of ``container`` and wait (up to ``wait`` s) for one in flight."""
-    if not _CONTAINER_RE.match(container):
-        raise ValueError(f"invalid container name {container!r}")
+    check_name(container)
     return ["sh", "-c", _DEFUSE_STOP, "nd-defuse-stop", container, str(max(1, int(wait / 0.2)))]
 
 

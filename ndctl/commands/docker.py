@@ -63,7 +63,8 @@ IMAGE_FORMAT = (
 )
 
 
-def _name(value: str, what: str = "container name") -> str:
+def check_name(value: str, what: str = "container name") -> str:
+    """``value`` if Docker accepts it as a container, network or volume name; else ValueError naming ``what``."""
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise ValueError(f"invalid {what} {value!r}")
     return value
@@ -86,7 +87,7 @@ def container_name(app: str, deploy_id: str) -> str:
     """``nd-<app>-<deploy_id>``: the name of one release of an app."""
     if not DEPLOY_ID_RE.match(deploy_id):
         raise ValueError(f"invalid deploy id {deploy_id!r} (8 lowercase hex digits)")
-    return _name(f"nd-{app}-{deploy_id}")
+    return check_name(f"nd-{app}-{deploy_id}")
 
 
 def app_labels(app: str, version: str, deploy_id: str, port: int, role: str = ROLE_APP) -> dict[str, str]:
@@ -122,9 +123,9 @@ def run_container(
         argv.append("-i")
     if remove:
         argv.append("--rm")
-    argv += ["--name", _name(name)]
+    argv += ["--name", check_name(name)]
     if network:
-        argv += ["--network", _name(network, "network name")]
+        argv += ["--network", check_name(network, "network name")]
     if restart:
         if restart not in ("no", "always", "unless-stopped") and not re.fullmatch(r"on-failure(:\d+)?", restart):
             raise ValueError(f"invalid restart policy {restart!r}")
@@ -218,31 +219,31 @@ def image_command(ref: str) -> Argv:
 
 
 def start(*names: str) -> Argv:
-    return ["docker", "start", *(_name(n) for n in names)]
+    return ["docker", "start", *(check_name(n) for n in names)]
 
 
 def stop(*names: str, timeout: float = 10) -> Argv:
     """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    return ["docker", "stop", "-t", _seconds(timeout), *(_name(n) for n in names)]
+    return ["docker", "stop", "-t", _seconds(timeout), *(check_name(n) for n in names)]
 
 
 def rm(*names: str, force: bool = False) -> Argv:
     """Remove containers (``force`` also removes running ones). Volumes are never removed."""
-    return ["docker", "rm", *(["-f"] if force else []), *(_name(n) for n in names)]
+    return ["docker", "rm", *(["-f"] if force else []), *(check_name(n) for n in names)]
 
 
 def inspect_containers(*names: str) -> Argv:
     """One :data:`INSPECT_FORMAT` JSON object per line."""
-    return ["docker", "container", "inspect", "--format", INSPECT_FORMAT, *(_name(n) for n in names)]
+    return ["docker", "container", "inspect", "--format", INSPECT_FORMAT, *(check_name(n) for n in names)]
 
 
 def _label_filters(app: str | None, role: str | None, labels: Mapping[str, str] | None) -> list[str]:
     out: list[str] = []
     wanted = dict(labels or {})
     if app is not None:
-        wanted[LABEL_APP] = _name(app, "app name")
+        wanted[LABEL_APP] = check_name(app, "app name")
     if role is not None:
-        wanted[LABEL_ROLE] = _name(role, "role")
+        wanted[LABEL_ROLE] = check_name(role, "role")
     for k, v in wanted.items():
         if not _LABEL_KEY_RE.match(k) or "," in v:
             raise ValueError(f"invalid label filter {k}={v}")
@@ -275,7 +276,7 @@ _LIST = (
 
 def list_app_containers(app: str, role: str = ROLE_APP) -> Argv:
     """Every container of an app (running or not), one :data:`INSPECT_FORMAT` object per line."""
-    return ["sh", "-c", _LIST, INSPECT_FORMAT, LABEL_APP, _name(app, "app name"), LABEL_ROLE, _name(role, "role")]
+    return ["sh", "-c", _LIST, INSPECT_FORMAT, LABEL_APP, check_name(app, "app name"), LABEL_ROLE, check_name(role, "role")]
 
 
 def image_id(ref: str) -> Argv:
@@ -340,7 +341,7 @@ def logs(name: str, *, follow: bool = False, since: str | None = None, tail: int
         if not (tail == "all" or (isinstance(tail, int) and not isinstance(tail, bool) and tail >= 0)):
             raise ValueError(f"invalid --tail value {tail!r}")
         argv.append(f"--tail={tail}")
-    return argv + [_name(name)]
+    return argv + [check_name(name)]
 
 
 def exec_in(name: str, command: Sequence[str], *, interactive: bool = False, tty: bool = False,
@@ -362,7 +363,7 @@ def exec_in(name: str, command: Sequence[str], *, interactive: bool = False, tty
         if not _ENV_KEY_RE.match(k):
             raise ValueError(f"invalid environment variable name {k!r}")
         argv += ["-e", f"{k}={v}"]
-    return argv + [_name(name), *command]
+    return argv + [check_name(name), *command]
 
 
 # Prints `created` or `exists`. Two deploys of different apps may race to
@@ -377,13 +378,13 @@ _ENSURE_NETWORK = (
 
 def ensure_network(name: str = NETWORK) -> Argv:
     """Create the network if missing (idempotent); prints ``created`` or ``exists``."""
-    return ["sh", "-c", _ENSURE_NETWORK, "nd-network", _name(name, "network name"), f"{LABEL_ROLE}=network"]
+    return ["sh", "-c", _ENSURE_NETWORK, "nd-network", check_name(name, "network name"), f"{LABEL_ROLE}=network"]
 
 
 __all__ = [
     "NETWORK", "PROXY_CONTAINER", "LABEL_APP", "LABEL_VERSION", "LABEL_DEPLOY_ID", "LABEL_ROLE", "LABEL_PORT",
     "ROLE_APP", "ROLE_ACCESSORY", "ROLE_PROXY", "INSPECT_FORMAT", "PS_FORMAT", "IMAGE_FORMAT",
-    "container_name", "app_labels", "run_container", "run_app", "start", "stop", "rm", "inspect_containers",
+    "check_name", "container_name", "app_labels", "run_container", "run_app", "start", "stop", "rm", "inspect_containers",
     "ps", "list_app_containers", "image_id", "image_inspect", "prune_images", "pull", "load", "save", "tag",
     "logs", "exec_in", "ensure_network", "ImageCommand", "image_command",
 ]
