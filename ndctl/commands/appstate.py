@@ -34,7 +34,7 @@ Argv = list[str]
 BASE_DIR = "/var/lib/nextdeploy"
 LOCK_HELD = 75  # EX_TEMPFAIL: another deploy holds the lock; its info.json is on stdout
 
-_APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")
 
 
 def _app(app: str) -> str:

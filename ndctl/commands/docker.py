@@ -32,11 +32,11 @@ ROLE_APP = "app"
 ROLE_ACCESSORY = "accessory"
 ROLE_PROXY = "proxy"
 
-DEPLOY_ID_RE = re.compile(r"^[0-9a-f]{8}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # container / network / volume names
-_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")  # image refs and ids (sha256:...)
-_LABEL_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEPLOY_ID_RE = re.compile(r"^[0-9a-f]{8}\Z")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")  # container / network / volume names
+_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")  # image refs and ids (sha256:...)
+_LABEL_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 # One JSON object per container. Built field by field rather than `{{json .}}`:
 # stable keys, a fraction of the size, and labels as a real map.

@@ -28,7 +28,7 @@ from ndctl.core.proxy import (
 Argv = list[str]
 
 #: ``<pid>:<container id>`` of the running proxy (commit_argv's ``handle``)
-HANDLE_RE = re.compile(r"^[0-9]+:[0-9a-f]{12,64}$")
+HANDLE_RE = re.compile(r"^[0-9]+:[0-9a-f]{12,64}\Z")
 
 #: exit statuses of the commit script
 CAS_MISMATCH = 75  # the route files changed since they were read: read again and retry

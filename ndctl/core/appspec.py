@@ -29,13 +29,13 @@ DEFAULT_PROXY_IMAGES = {"caddy": "caddy:2-alpine", "nginx": "nginx:stable-alpine
 
 # The app name becomes a container name (nd-<app>-<id>), a directory under
 # /var/lib/nextdeploy/apps and a route file name: keep it to safe characters.
-APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")
 # Docker's own reference grammar is looser to parse than to explain; this accepts
 # every reference docker accepts that an operator would write, never a leading '-'.
-IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,127}$")  # docker: at least 2 characters
+IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,127}\Z")  # docker: at least 2 characters
 HOSTNAME_RE = re.compile(
     r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -43,13 +43,13 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 TOP_FIELDS = ("app", "image", "port", "command", "tags", "health_check", "env", "volumes", "proxy",
               "strategy", "parallel", "drain", "grace", "stop_timeout", "retain", "registry", "secrets")
-SECRET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")  # as ndctl.core.secretstore.SECRET_NAME_RE
+SECRET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # as ndctl.core.secretstore.SECRET_NAME_RE
 HEALTH_FIELDS = ("path", "port", "status", "host", "interval", "timeout", "successes", "failures",
                  "start_period", "deadline")
 PROXY_FIELDS = ("kind", "hosts", "image", "tls")
 REGISTRY_FIELDS = ("server", "username", "password_env")
 DEFAULT_PASSWORD_ENV = "NDCTL_REGISTRY_PASSWORD"
-REGISTRY_SERVER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:\d{1,5})?$")
+REGISTRY_SERVER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:\d{1,5})?\Z")
 
 
 class AppSpecError(UsageError):

@@ -24,7 +24,7 @@ from ndctl.core.facts import _check, _load_document
 
 HISTORY = 10
 MAX_SECONDS = 3600.0
-_DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 
 
 def parse_expect(spec: str | int | list[Any] | tuple[Any, ...], field_name: str = "expect") -> tuple[tuple[int, int], ...]:

@@ -42,9 +42,9 @@ _FastLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 SCHEMA_VERSION = 1
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-HOST_KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+HOST_KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+\Z")
 
 HOST_FIELDS = {
     "id", "address", "port", "user", "identity", "proxy_jump", "sudo",
@@ -54,8 +54,8 @@ DEFAULT_FIELDS = {"user", "port", "identity", "proxy_jump", "sudo"}
 SETTINGS_FIELDS = {"forks", "connect_timeout", "command_timeout", "ssh_config", "helper_dir",
                    "max_handshakes", "max_channels"}
 TOP_FIELDS = {"version", "defaults", "settings", "autotags", "hosts", "environments", "operators", "access"}
-ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")  # secrets environments (ndctl.core.secretstore)
-OPERATOR_KEY_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")  # secrets environments (ndctl.core.secretstore)
+OPERATOR_KEY_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}\Z")
 
 
 def default_inventory_path() -> Path:

@@ -50,10 +50,10 @@ _FAMILY_PM = {"debian": "apt", "rhel": "dnf", "alpine": "apk", "suse": "zypper",
 # ---------------------------------------------------------------------------
 # Value checks shared by the action parameters
 # ---------------------------------------------------------------------------
-_PKG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")  # never a leading '-': no option injection
-_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
-_SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
-_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PKG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*\Z")  # never a leading '-': no option injection
+_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]*\$?\Z")
+_SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*\Z")
+_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _VAR_REF_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")  # other {{...}} stays literal text
 
 

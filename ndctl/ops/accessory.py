@@ -42,9 +42,9 @@ LABEL_ACCESSORY = "com.nextdeploy.accessory"
 LABEL_SPEC = "com.nextdeploy.spec"
 LABEL_ONEOFF = "com.nextdeploy.oneoff"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 Action = Literal["create", "none", "start", "replace", "conflict"]
 PullPolicy = Literal["missing", "never"]

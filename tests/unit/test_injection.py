@@ -12,10 +12,12 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ndctl.commands import helper, shell
+from ndctl.commands import appstate, docker, helper, shell
+from ndctl.core import appspec, secretstore
 from ndctl.core.errors import UsageError
 from ndctl.core.inventory import validate_name, validate_tag
 from ndctl.core.templating import render_string
@@ -77,3 +79,31 @@ def test_names_and_tags_accept_only_plain_words(value: str) -> None:
             assert repr(value) in str(e)
         else:
             assert accepted == value and shlex.quote(value) == value  # needs no quoting at all
+
+
+# ``$`` also matches before a final newline: each name check must refuse "good\n", not pass it on.
+NEWLINE_CASES = [
+    (docker.check_name, "nd-web-0a1b2c3d"),
+    (docker.rm, "nd-web-0a1b2c3d"),
+    (docker.image_id, "busybox:1.36"),
+    (appstate.read_state, "web"),
+    (lambda v: appstate.defuse_stop(v, wait=1), "nd-web-0a1b2c3d"),
+    (lambda v: appstate.release_lock("web", v), "0a1b2c3d"),
+    (appspec.validate_version, "v1.2.3"),
+    (validate_name, "web-1"),
+    (validate_tag, "edge"),
+    (secretstore.validate_secret_name, "DB_PASSWORD"),
+    (secretstore.validate_env_name, "prod"),
+]
+
+
+@pytest.mark.parametrize(("check", "good"), NEWLINE_CASES)
+def test_name_checks_refuse_a_trailing_newline(check, good: str) -> None:
+    check(good)  # the value itself is accepted
+    with pytest.raises((ValueError, UsageError)):
+        check(good + "\n")
+
+
+def test_an_app_name_with_a_trailing_newline_is_refused_naming_the_field() -> None:
+    with pytest.raises(appspec.AppSpecError, match=r"app: 'web\\n' is not a valid app name"):
+        appspec.parse_appspec('app: "web\\n"\nimage: busybox:1\nport: 8080\n')
