@@ -787,6 +787,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_port(port: int, seconds: float = 5.0) -> None:
+    """Until something accepts connections on the loopback ``port`` (Caddy has loaded its config)."""
+    import socket
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _local_caddy(tmp_path: Path, live_root: Path, upstream: str) -> tuple[subprocess.Popen, int]:
     """This machine's Caddy running the marker config rendered for app ``web`` (2.6.2) on free
     loopback ports, its markers under ``live_root`` instead of the proxy's directory: (process, port)."""
@@ -809,7 +824,6 @@ def test_no_request_misses_the_marker_while_the_commit_scripts_flip_switches(tmp
     listed: a rename between the two made some requests see no marker (8-11 of ~1,000 over
     4,000 renames, measured); flip's newest-then-demote must lose none."""
     import http.client
-    import socket
     import threading
 
     (blue, bport), (green, gport) = _backend(b"blue"), _backend(b"green")
@@ -834,12 +848,7 @@ def test_no_request_misses_the_marker_while_the_commit_scripts_flip_switches(tmp
 
     threads: list[threading.Thread] = []
     try:
-        for _ in range(100):
-            try:
-                with socket.create_connection(("127.0.0.1", port), 0.2):
-                    break
-            except OSError:
-                time.sleep(0.05)
+        _wait_for_port(port)
         threads = [threading.Thread(target=hammer, daemon=True) for _ in range(6)]
         for t in threads:
             t.start()
@@ -885,13 +894,7 @@ def test_caddy_routes_by_live_marker_and_switches_without_a_reload(tmp_path: Pat
             return e.code, e.read().decode()
 
     try:
-        for _ in range(100):
-            try:
-                if get() == (200, "blue"):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
+        _wait_for_port(port)
         assert get() == (200, "blue")
         # a switch as flip does it: the new marker first, then the old one demoted (kept)
         (live / f"127.0.0.1:{gport}").touch()
