@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ndctl.core.errors import SelectorError, UsageError
+from ndctl.core.secretstore import SECRET_NAME_RE
 from ndctl.core.selectors import parse_selector
 from ndctl.core.yamlio import YamlSyntaxError, load_roundtrip
 from ndctl.core.health import HealthCheck, cross_check, format_duration, parse_expect
@@ -43,7 +44,6 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 TOP_FIELDS = ("app", "image", "port", "command", "tags", "health_check", "env", "volumes", "proxy",
               "strategy", "parallel", "drain", "grace", "stop_timeout", "retain", "registry", "secrets")
-SECRET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # as ndctl.core.secretstore.SECRET_NAME_RE
 HEALTH_FIELDS = ("path", "port", "status", "host", "interval", "timeout", "successes", "failures",
                  "start_period", "deadline")
 PROXY_FIELDS = ("kind", "hosts", "image", "tls")
@@ -392,7 +392,7 @@ def _env_value(value: Any) -> str:
 
 
 def _secret_name(value: Any) -> str:
-    if not isinstance(value, str) or not SECRET_RE.match(value):
+    if not isinstance(value, str) or not SECRET_NAME_RE.match(value):
         raise ValueError(f"{value!r} is not a secret name (letters, digits and '_', not starting with a digit)")
     return value
 

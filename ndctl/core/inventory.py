@@ -54,7 +54,7 @@ DEFAULT_FIELDS = {"user", "port", "identity", "proxy_jump", "sudo"}
 SETTINGS_FIELDS = {"forks", "connect_timeout", "command_timeout", "ssh_config", "helper_dir",
                    "max_handshakes", "max_channels"}
 TOP_FIELDS = {"version", "defaults", "settings", "autotags", "hosts", "environments", "operators", "access"}
-ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")  # secrets environments (ndctl.core.secretstore)
+ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")  # secrets environments (also ndctl.core.secretstore)
 OPERATOR_KEY_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}\Z")
 
 

@@ -31,11 +31,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ndctl.core.atomicfile import atomic_write
 from ndctl.core.errors import AuthError, HostKeyError, NotFoundError, UsageError
+from ndctl.core.inventory import ENV_NAME_RE, OPERATOR_KEY_RE  # the inventory validates both as well
 from ndctl.core.secret import Secret
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # also an environment variable name
-ENV_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")
-OPERATOR_KEY_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}\Z")
 HOST_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")  # what age encrypts to (not ECDSA)
 MAX_VALUE_BYTES = 64 * 1024
 FORMAT = 1

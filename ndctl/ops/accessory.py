@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from ndctl.commands.docker import LABEL_ROLE, NETWORK, ROLE_ACCESSORY
 from ndctl.commands.shell import for_host
-from ndctl.core.appspec import Volume
+from ndctl.core.appspec import ENV_KEY_RE, IMAGE_RE, Volume
 from ndctl.core.appspec import parse_volume as _parse_volume
 from ndctl.core.errors import ConflictError, UsageError
 from ndctl.core.inventory import Host
@@ -43,8 +43,6 @@ LABEL_SPEC = "com.nextdeploy.spec"
 LABEL_ONEOFF = "com.nextdeploy.oneoff"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
-_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 Action = Literal["create", "none", "start", "replace", "conflict"]
 PullPolicy = Literal["missing", "never"]
@@ -105,7 +103,7 @@ def parse_volume(text: str) -> VolumeMount:
 def parse_env(text: str, environ: dict[str, str] | None = None) -> tuple[str, str]:
     """``KEY=VALUE``, or ``KEY`` alone for this machine's value of KEY (kept out of shell history)."""
     key, sep, value = text.partition("=")
-    if not _ENV_KEY_RE.match(key):
+    if not ENV_KEY_RE.match(key):
         raise UsageError(f"--env {key!r}: not an environment variable name")
     if not sep:
         env = os.environ if environ is None else environ
@@ -156,7 +154,7 @@ def build_spec(image: str, name: str | None = None, *, volumes: Sequence[str] = 
                ports: Sequence[str] = (), command: Sequence[str] = (), network: str = NETWORK,
                environ: dict[str, str] | None = None) -> AccessorySpec:
     """Validate command-line values into a spec; UsageError naming the bad one."""
-    if not _REF_RE.match(image or "") or image.startswith("sha256:") and len(image) < 14:
+    if not IMAGE_RE.match(image or "") or image.startswith("sha256:") and len(image) < 14:
         raise UsageError(f"image {image!r} is not a valid image reference")
     name = name if name is not None else default_name(image)
     if not _NAME_RE.match(name):
