@@ -104,6 +104,10 @@ def test_name_checks_refuse_a_trailing_newline(check, good: str) -> None:
         check(good + "\n")
 
 
-def test_an_app_name_with_a_trailing_newline_is_refused_naming_the_field() -> None:
-    with pytest.raises(appspec.AppSpecError, match=r"app: 'web\\n' is not a valid app name"):
-        appspec.parse_appspec('app: "web\\n"\nimage: busybox:1\nport: 8080\n')
+@pytest.mark.parametrize(("yaml", "error"), [
+    ('app: "web\\n"\n', r"app: 'web\\n' is not a valid app name"),
+    ('app: web\nproxy:\n  hosts: ["example.com\\n"]\n', r"proxy.hosts\[0\]: 'example.com\\n' is not a host name"),
+])
+def test_a_trailing_newline_in_nextdeploy_yaml_is_refused_naming_the_field(yaml: str, error: str) -> None:
+    with pytest.raises(appspec.AppSpecError, match=error):
+        appspec.parse_appspec(yaml + "image: busybox:1\nport: 8080\n")
