@@ -61,27 +61,36 @@ def network_remove_argv(network: str = NETWORK) -> Argv:
     return ["docker", "network", "rm", network]
 
 
-def inspect_argv(proxy_dir: str = PROXY_DIR, container: str = PROXY_CONTAINER, network: str = NETWORK) -> Argv:
+def inspect_argv(proxy_dir: str = PROXY_DIR, container: str = PROXY_CONTAINER, network: str = NETWORK,
+                 container_dir: str = CONTAINER_DIR) -> Argv:
     """One round trip: network, proxy container, config files, route files.
 
     Prints ``network yes|no``, ``container absent`` or ``container <status> <kind label> <image> <pid>:<id>``,
-    ``config <file> <sha256>`` per existing config, then the route listing.
+    for a running proxy ``view same|stale`` (whether its ``container_dir`` is the host's
+    ``proxy_dir`` as it is now; no line when that cannot be told), ``config <file> <sha256>``
+    per existing config, then the route listing.
     """
     # One docker call in the usual case: a running proxy attached to the network proves the
     # network exists (a stopped one does not: its network may have been removed since).
+    # A bind mount holds the directory that was there when the container started: if the
+    # host's directory has been replaced since (a restore, an rm -rf and a new prepare), the
+    # proxy reads the old one, and neither markers nor configs written now reach it. The
+    # container's view, through /proc/<pid>/root, must be the same directory (-ef: device and inode).
     script = _LIST_ROUTES + (
         'd=$1; c=$2; n=$3; net=; '
         'st=$(docker container inspect -f '
         "'{{.State.Status}} {{index .Config.Labels \"" + LABEL_KIND + "\"}} {{.Config.Image}} {{.State.Pid}}:{{.Id}}"
         "|{{range $k, $v := .NetworkSettings.Networks}} {{$k}}{{end}}'"
         ' "$c" 2>/dev/null) && echo "container ${st%%|*}" || echo "container absent"; '
-        'case "$st" in running\\ *) case " ${st#*|} " in *" $n "*) net=yes;; esac;; esac; '
+        'case "$st" in running\\ *) case " ${st#*|} " in *" $n "*) net=yes;; esac; '
+        '  h=${st%%|*}; v="/proc/${h##* }"; v="${v%%:*}/root$4"; '
+        '  if [ -d "$v" ]; then if [ "$v" -ef "$d" ]; then echo "view same"; else echo "view stale"; fi; fi;; esac; '
         'if [ -z "$net" ]; then '
         'if docker network inspect "$n" >/dev/null 2>&1; then net=yes; else net=no; fi; fi; '
         'echo "network $net"; '
         + _READ_CONFIGS + 'list_routes "$d"'
     )
-    return ["sh", "-c", script, "ndctl-proxy-inspect", proxy_dir, container, network]
+    return ["sh", "-c", script, "ndctl-proxy-inspect", proxy_dir, container, network, container_dir]
 
 
 _READ_CONFIGS = (

@@ -50,6 +50,7 @@ class _State:
     container: tuple[str, str, str] | None = None  # (status, kind label, image)
     version: tuple[int, ...] | None = None  # the proxy's, recorded in proxy/version by ensure_proxy
     handle: str = ""  # "<pid>:<container id>" of a running proxy, as inspected (commit_argv's hint)
+    stale_view: bool = False  # the running proxy reads a proxy directory the host has replaced since
 
 
 def _sha(text: str) -> str:
@@ -63,6 +64,7 @@ def _parse_state(host: Host, stdout: str) -> _State:
     container: tuple[str, str, str] | None = None
     version: tuple[int, ...] | None = None
     handle = ""
+    stale_view = False
     for line in stdout.splitlines():
         if line.startswith("route "):
             route_lines.append(line + "\n")
@@ -73,6 +75,8 @@ def _parse_state(host: Host, stdout: str) -> _State:
             version = parse_version(line[8:])
         elif line.startswith("network "):
             network = line == "network yes"
+        elif line == "view stale":
+            stale_view = True
         elif line.startswith("container "):
             if line != "container absent":
                 # "container <status> <kind label, maybe empty> <image> <pid>:<id>"
@@ -83,7 +87,7 @@ def _parse_state(host: Host, stdout: str) -> _State:
         routes = parse_route_listing("".join(route_lines))
     except RouteError as e:
         raise RouteError(f"{host.name}: {e}", hint="fix or remove that file on the host") from None
-    return _State(configs, routes, _sha("".join(route_lines)), network, container, version, handle)
+    return _State(configs, routes, _sha("".join(route_lines)), network, container, version, handle, stale_view)
 
 
 def _check(host: Host, r: HostResult, what: str) -> HostResult:
@@ -134,6 +138,12 @@ async def ensure_proxy(runner: Runner, host: Host, kind: str, image: str, *,
     if other:
         raise ConflictError(f"{host.name}: {PROXY_DIR} holds {', '.join(other)}, the config of another proxy kind",
                             hint=f"remove it to use {kind}")
+    if state.stale_view:
+        raise ConflictError(
+            f"{host.name}: the running proxy {PROXY_CONTAINER} reads an older {PROXY_DIR} (the directory was "
+            "replaced or removed after the proxy started): a switch or config written now would not reach it",
+            hint=f"restart the proxy so that it mounts the directory again, e.g. `ndctl exec --tags name:{host.name} "
+                 f"-- docker restart {PROXY_CONTAINER}` (it drops open connections), then run the command again")
     created_network = wrote_config = False
     if not state.network:
         r = await _run(runner, host, cmd.network_create_argv(), "creating the nextdeploy network")

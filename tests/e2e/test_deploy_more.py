@@ -1,7 +1,8 @@
 """`ndctl deploy` end to end, continued: 3 hosts rolled in batches (and rolled back on
 failure), a killed SSH connection, Ctrl-C and a dead ndctl mid-deploy, `exec --app`, and
 bad input (unknown app, missing image, invalid file, port 80 taken, wrong health-check
-path, a host without Docker) failing clearly with nothing half-deployed."""
+path, a proxy reading a replaced directory, a host without Docker) failing clearly with
+nothing half-deployed."""
 from __future__ import annotations
 
 import json
@@ -391,6 +392,27 @@ def test_bad_input_fails_clearly_and_changes_nothing(e) -> None:
     assert "GET /nope" in r.stdout and "404" in r.stdout, r.stdout
     assert serve(hosts[0]) == "hello v1" and not locked(hosts[0])
     assert len(app_containers(hosts[0], "status=running")) == 1
+
+    # dep-0's proxy directory replaced while the proxy runs (a restore, an rm -rf and a new prepare): the
+    # proxy keeps reading the old one and would never see the switch. Refused before anything starts,
+    # v1 keeps serving; after the restart the error suggests, the deploy goes through.
+    h0 = hosts[0]
+    h0.exec("sh", "-c", "cd /var/lib/nextdeploy && cp -a proxy proxy.new && mv proxy proxy.replaced "
+                        "&& mv proxy.new proxy")
+    try:
+        r = cli("deploy", "-f", spec, *one, "--image", "ndt-more:v2")
+        assert r.returncode == ExitStatus.CONFLICT, r.stdout + r.stderr
+        assert ("dep-0: the running proxy nextdeploy-proxy reads an older /var/lib/nextdeploy/proxy"
+                in r.stdout + r.stderr), r.stdout + r.stderr
+        assert "docker restart nextdeploy-proxy" in r.stdout + r.stderr
+        assert serve(h0) == "hello v1" and not locked(h0)
+        assert len(app_containers(h0, "status=running")) == 1
+        h0.exec("docker", "restart", "nextdeploy-proxy")
+        r = cli("deploy", "-f", spec, *one, "--image", "ndt-more:v2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert serve(h0) == "hello v2"
+    finally:
+        h0.exec("rm", "-rf", "/var/lib/nextdeploy/proxy.replaced", check=False)
 
     # a host without Docker (not prepared): named as such, nothing changed on it
     h1 = hosts[1]

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from ndctl.core.errors import ConflictError, ExitStatus, RemoteError, UsageError
 from ndctl.core.inventory import Host
 from ndctl.core.proxy import (
     CADDY_ADMIN,
+    CONTAINER_DIR,
     PROXY_DIR,
     ProxyStatus,
     Route,
@@ -300,7 +302,8 @@ def test_scripts_take_values_as_positional_parameters() -> None:
     assert cmd.write_file_argv("/var/lib/nextdeploy/proxy/caddy.json")[3:] == [
         "ndctl-write", "/var/lib/nextdeploy/proxy/caddy.json", "0644"]
     assert cmd.read_state_argv()[3:] == ["ndctl-proxy-read", PROXY_DIR]
-    assert cmd.inspect_argv()[3:] == ["ndctl-proxy-inspect", PROXY_DIR, "nextdeploy-proxy", "nextdeploy"]
+    assert cmd.inspect_argv()[3:] == ["ndctl-proxy-inspect", PROXY_DIR, "nextdeploy-proxy", "nextdeploy",
+                                      "/etc/nextdeploy/proxy"]
     assert cmd.wait_ready_argv("caddy")[3:] == ["ndctl-proxy-wait", "nextdeploy-proxy", "100",
                                                 *cmd.reload_argv("caddy")]
     assert cmd.wait_ready_argv("nginx")[3:] == [
@@ -376,6 +379,9 @@ class LocalRunner:
         self.admin = CADDY_ADMIN  # where the commit script's Caddy admin client connects
         self.calls: list[list[str]] = []
         self.before_commit = None
+        #: the directory the fake proxy container sees as CONTAINER_DIR (None: it has none). The
+        #: inspection looks through /proc/<pid>/root: with this test's own pid, the path as it is here.
+        self.container_view: Path | None = None
 
     def docker_calls(self) -> list[str]:
         lines = self.log.read_text().splitlines() if self.log.exists() else []
@@ -387,6 +393,8 @@ class LocalRunner:
     async def run(self, host, argv, *, input=None, timeout=None, on_output=None) -> HostResult:
         argv = [a.replace(PROXY_DIR, str(self.dir)) for a in argv]
         argv = [self.admin if a == CADDY_ADMIN else a for a in argv]
+        if self.container_view is not None:
+            argv = [str(self.container_view) if a == CONTAINER_DIR else a for a in argv]
         if argv[3:4] == ["ndctl-proxy-commit"] and self.before_commit:
             hook, self.before_commit = self.before_commit, None
             hook()
@@ -512,6 +520,35 @@ def test_a_stale_snapshot_never_makes_a_switch_a_no_op(tmp_path: Path) -> None:
     (runner.dir / "routes" / "web.json").write_text(API.to_json().replace('"api"', '"web"'))  # changed since
     change = asyncio.run(ops.set_route(runner, HOST, WEB, known=status.snapshot))
     assert change.action == "updated" and _files(runner)["caddy.json"] == render_caddy([WEB])
+
+
+def test_a_proxy_reading_a_replaced_directory_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    runner = _setup(tmp_path, "caddy", (WEB,), FAKE_CONTAINER=f"running caddy img {os.getpid()}:{'c' * 64}| nextdeploy")
+    runner.container_view = runner.dir
+    status = asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    assert status.changes == [] and status.snapshot is not None and not status.snapshot.stale_view
+    # replaced by a copy (a restore, say) while the proxy runs: its bind mount keeps the old directory
+    old = runner.dir.with_name("proxy.old")
+    runner.dir.rename(old)
+    shutil.copytree(old, runner.dir)
+    runner.container_view = old
+    before, calls = _files(runner), len(runner.docker_calls())
+    with pytest.raises(ConflictError, match=r"h1: the running proxy nextdeploy-proxy reads an older "
+                                            r"/var/lib/nextdeploy/proxy \(the directory was replaced") as e:
+        asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    assert "docker restart nextdeploy-proxy" in e.value.hint and "--tags name:h1" in e.value.hint
+    assert _files(runner) == before and len(runner.docker_calls()) == calls + 1  # the inspection only
+    # removed, not replaced: the same
+    shutil.rmtree(runner.dir)
+    with pytest.raises(ConflictError, match="reads an older"):
+        asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img"))
+    # restarted, the proxy mounts what is there now
+    shutil.copytree(old, runner.dir)
+    runner.container_view = runner.dir
+    assert asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img")).changes == []
+    # a view that cannot be looked at (no such path in the container, or no access): not refused
+    runner.container_view = tmp_path / "nowhere"
+    assert asyncio.run(ops.ensure_proxy(runner, HOST, "caddy", "img")).changes == []
 
 
 def test_inspection_trusts_a_running_proxy_on_the_network(tmp_path: Path) -> None:
